@@ -1,0 +1,503 @@
+# -*- test-case-name: tests.test_config -*-
+"""
+The meshproxy configuration file: TOML in, frozen value objects out.
+
+Loading never stops at the first mistake.  An operator who runs
+C{meshproxy check} wants every wrong key of the file at once, each named with
+the file, its dotted key path and what was expected, so the whole file is
+walked and every problem collected into one L{ConfigError}.
+
+This module is a leaf: it imports nothing from the rest of meshproxy, so the
+CLI can validate a file without building any part of the proxy.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from attrs import field, frozen
+from twisted.python.filepath import FilePath
+
+__all__ = [
+    "Address",
+    "Admin",
+    "BALANCERS",
+    "Config",
+    "ConfigError",
+    "Endpoint",
+    "Identity",
+    "Inbound",
+    "Proxy",
+    "Service",
+    "Upstream",
+    "load",
+    "parseAddress",
+    "parseDuration",
+]
+
+#: Balancer names a service may ask for.  The first is the default.
+BALANCERS = ("round-robin",)
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DNS_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+
+
+class ConfigError(Exception):
+    """
+    A configuration file is wrong.
+
+    @ivar errors: one human-readable line per problem, each naming the file
+        and the key.
+    """
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+def parseDuration(text: str) -> float:
+    """
+    Parse a duration such as C{"250ms"}, C{"10s"}, C{"5m"}, C{"24h"} or
+    C{"0"} into seconds.
+
+    A unit is required (except for zero) because a bare number is ambiguous
+    and a wrong guess is off by a factor of a thousand.
+
+    @raise ValueError: if C{text} is not a duration.
+    """
+    if text == "0":
+        return 0.0
+    match = _DURATION.match(text)
+    if match is None:
+        raise ValueError(f"expected a duration like \"250ms\" or \"10s\", got {text!r}")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+@frozen
+class Address:
+    """
+    A host and a TCP port, written C{host:port} or C{[v6]:port}.
+    """
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        if ":" in self.host:
+            return f"[{self.host}]:{self.port}"
+        return f"{self.host}:{self.port}"
+
+
+def parseAddress(text: str) -> Address:
+    """
+    Parse C{host:port} (C{[::1]:port} for IPv6).
+
+    @raise ValueError: if C{text} has no valid port or no host.
+    """
+    host, sep, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected \"host:port\", got {text!r}")
+    return Address(host, int(port))
+
+
+def _isDNSName(name: str) -> bool:
+    """
+    Is C{name} a lower-case DNS name such as C{web.prod.mesh.local}?
+    Identities travel as TLS SNI and certificate DNS SANs, which only hold
+    such names.
+    """
+    return len(name) <= 253 and all(_DNS_LABEL.match(label) for label in name.split("."))
+
+
+@frozen
+class Endpoint:
+    """
+    One backend of a service.
+
+    @ivar identity: the workload identity the endpoint's proxy proves with
+        its certificate, or L{None} for an endpoint outside the mesh.
+    @ivar labels: free-form metadata, kept sorted so endpoints compare equal
+        whatever order the file listed them in.
+    """
+
+    address: Address
+    identity: str | None = None
+    weight: int = 1
+    labels: tuple[tuple[str, str], ...] = ()
+
+
+@frozen
+class Service:
+    """
+    A named set of endpoints and how to spread load over them.
+    """
+
+    name: str
+    endpoints: tuple[Endpoint, ...]
+    balancer: str = BALANCERS[0]
+    authorities: tuple[str, ...] = ()
+    opaque: bool = False
+
+
+@frozen
+class Inbound:
+    """
+    A listener in front of one local application port.
+    """
+
+    listen: str
+    app: Address
+    opaque: bool = False
+
+
+@frozen
+class Upstream:
+    """
+    A local listener whose every connection goes to one service.
+    """
+
+    listen: str
+    service: str
+
+
+@frozen
+class Proxy:
+    """
+    Proxy-wide settings (C{[proxy]}).
+    """
+
+    identity: str | None = None
+    trust_anchors: FilePath | None = None
+    detect_timeout: float = 10.0
+    connect_timeout: float = 1.0
+    shutdown_grace: float = 30.0
+
+
+@frozen
+class Identity:
+    """
+    Where the proxy's certificate comes from (C{[identity]}): an issuer
+    with a join token, or a static certificate and key.
+    """
+
+    issuer: Address | None = None
+    issuer_identity: str | None = None
+    token_file: FilePath | None = None
+    cert_file: FilePath | None = None
+    key_file: FilePath | None = None
+
+
+@frozen
+class Admin:
+    """
+    The admin listener (C{[admin]}).
+    """
+
+    listen: str = "tcp:4191:interface=127.0.0.1"
+
+
+@frozen
+class Config:
+    """
+    A whole, valid configuration file.
+
+    @ivar path: the file it was read from, for messages and reloads.
+    """
+
+    path: FilePath
+    proxy: Proxy = Proxy()
+    identity: Identity | None = None
+    admin: Admin = Admin()
+    inbound: tuple[Inbound, ...] = ()
+    upstreams: tuple[Upstream, ...] = ()
+    services: Mapping[str, Service] = field(factory=dict)
+
+
+class _Table:
+    """
+    One TOML table being read: typed getters that record a problem, rather
+    than raise, and a final check for keys nobody asked for (misspellings).
+
+    @ivar _path: the dotted key path of this table, for messages.
+    @ivar _seen: the keys a getter has looked at.
+    """
+
+    def __init__(self, reader: _Reader, path: str, data: Mapping[str, Any]) -> None:
+        self._reader = reader
+        self._path = path
+        self._data = data
+        self._seen: set[str] = set()
+
+    def path(self, key: str) -> str:
+        return f"{self._path}.{key}" if self._path else key
+
+    def keys(self) -> list[str]:
+        return list(self._data)
+
+    def get(self, key: str, kind: type, expected: str, default: Any = None, required: bool = False) -> Any:
+        """
+        The value of C{key} if it is of type C{kind}, else C{default} (with a
+        problem recorded unless the key is absent and not C{required}).
+        """
+        self._seen.add(key)
+        if key not in self._data:
+            if required:
+                self.error(key, f"missing: expected {expected}")
+            return default
+        value = self._data[key]
+        # bool is an int in Python, but "weight = true" is a mistake.
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            self.error(key, f"expected {expected}, got {value!r}")
+            return default
+        return value
+
+    def convert(self, key: str, parse: Callable[[str], Any], default: Any = None, required: bool = False) -> Any:
+        """
+        The string at C{key} passed through C{parse}, whose C{ValueError}
+        message becomes the problem recorded.
+        """
+        text = self.get(key, str, "a string", None, required)
+        if text is None:
+            return default
+        try:
+            return parse(text)
+        except ValueError as e:
+            self.error(key, str(e))
+            return default
+
+    def table(self, key: str) -> _Table | None:
+        value = self.get(key, dict, "a table")
+        return None if value is None else _Table(self._reader, self.path(key), value)
+
+    def tables(self, key: str) -> list[_Table]:
+        """
+        An array of tables (C{[[key]]}); each item gets its index in the path.
+        """
+        items = self.get(key, list, "an array of tables", [])
+        result = []
+        for index, item in enumerate(items):
+            if isinstance(item, dict):
+                result.append(_Table(self._reader, f"{self.path(key)}[{index}]", item))
+            else:
+                self.error(f"{key}[{index}]", f"expected a table, got {item!r}")
+        return result
+
+    def error(self, key: str, message: str) -> None:
+        self._reader.errors.append(f"{self._reader.name}: {self.path(key)}: {message}")
+
+    def done(self) -> None:
+        """
+        Record every key no getter asked for: the usual cause is a typo.
+        """
+        for key in sorted(set(self._data) - self._seen):
+            self.error(key, "unknown key")
+
+
+class _Reader:
+    """
+    Turns the parsed TOML document into a L{Config}, collecting problems.
+    """
+
+    def __init__(self, path: FilePath) -> None:
+        self.path = path
+        self.name = path.path
+        self.errors: list[str] = []
+
+    def file(self, table: _Table, key: str) -> FilePath | None:
+        """
+        A file path, relative to the configuration file's directory, which
+        must exist: a missing trust bundle found at start beats one found at
+        the first connection.
+        """
+
+        def parse(text: str) -> FilePath:
+            child = self.path.parent().preauthChild(text) if not text.startswith("/") else FilePath(text)
+            if not child.isfile():
+                raise ValueError(f"no such file: {child.path}")
+            return child
+
+        return table.convert(key, parse)
+
+    def listen(self, table: _Table, key: str, default: str | None = None) -> str | None:
+        return table.convert(key, _parseListen, default, required=default is None)
+
+    def identityName(self, table: _Table, key: str) -> str | None:
+        def parse(text: str) -> str:
+            if not _isDNSName(text):
+                raise ValueError(f"expected a lower-case DNS name such as \"web.prod.mesh.local\", got {text!r}")
+            return text
+
+        return table.convert(key, parse)
+
+    def read(self, document: Mapping[str, Any]) -> Config:
+        root = _Table(self, "", document)
+        proxy = self.proxy(root.table("proxy"))
+        identity = self.identity(root.table("identity"))
+        admin = self.admin(root.table("admin"))
+        inboundTables = root.tables("inbound")
+        inbound = tuple(filter(None, map(self.inbound, inboundTables)))
+        if root.get("outbound", dict, "a table") is not None:
+            root.error("outbound", "HTTP routing by Host is not part of this meshproxy release yet; use [[upstreams]]")
+        services = self.services(root.table("services"))
+        upstreamTables = root.tables("upstreams")
+        upstreams = tuple(filter(None, (self.upstream(t, services) for t in upstreamTables)))
+        root.done()
+        if not (inboundTables or upstreamTables):
+            root.error("inbound", "no listeners: configure at least one [[inbound]] or [[upstreams]]")
+        if self.errors:
+            raise ConfigError(self.errors)
+        return Config(
+            path=self.path,
+            proxy=proxy,
+            identity=identity,
+            admin=admin,
+            inbound=inbound,
+            upstreams=upstreams,
+            services=services,
+        )
+
+    def proxy(self, table: _Table | None) -> Proxy:
+        if table is None:
+            return Proxy()
+        defaults = Proxy()
+        proxy = Proxy(
+            identity=self.identityName(table, "identity"),
+            trust_anchors=self.file(table, "trust_anchors"),
+            detect_timeout=table.convert("detect_timeout", parseDuration, defaults.detect_timeout),
+            connect_timeout=table.convert("connect_timeout", parseDuration, defaults.connect_timeout),
+            shutdown_grace=table.convert("shutdown_grace", parseDuration, defaults.shutdown_grace),
+        )
+        table.done()
+        return proxy
+
+    def identity(self, table: _Table | None) -> Identity | None:
+        if table is None:
+            return None
+        identity = Identity(
+            issuer=table.convert("issuer", parseAddress),
+            issuer_identity=self.identityName(table, "issuer_identity"),
+            token_file=self.file(table, "token_file"),
+            cert_file=self.file(table, "cert_file"),
+            key_file=self.file(table, "key_file"),
+        )
+        table.done()
+        return identity
+
+    def admin(self, table: _Table | None) -> Admin:
+        if table is None:
+            return Admin()
+        admin = Admin(listen=self.listen(table, "listen", Admin().listen))
+        table.done()
+        return admin
+
+    def inbound(self, table: _Table) -> Inbound | None:
+        listen = self.listen(table, "listen")
+        app = table.convert("app", parseAddress, required=True)
+        opaque = table.get("opaque", bool, "true or false", False)
+        table.done()
+        return Inbound(listen, app, opaque) if listen and app else None
+
+    def upstream(self, table: _Table, services: Mapping[str, Service]) -> Upstream | None:
+        listen = self.listen(table, "listen")
+        service = table.get("service", str, "a service name", required=True)
+        if service is not None and service not in services:
+            table.error("service", f"no [services.{service}] table")
+        table.done()
+        return Upstream(listen, service) if listen and service else None
+
+    def services(self, table: _Table | None) -> dict[str, Service]:
+        if table is None:
+            return {}
+        services = {}
+        for name in table.keys():
+            service = self.service(name, table.table(name))
+            if service is not None:
+                services[name] = service
+        table.done()
+        return services
+
+    def service(self, name: str, table: _Table | None) -> Service | None:
+        if table is None:
+            return None
+        balancer = table.get("balancer", str, "a balancer name", BALANCERS[0])
+        if balancer not in BALANCERS:
+            table.error("balancer", f"expected one of {', '.join(BALANCERS)}, got {balancer!r}")
+        authorities = table.get("authorities", list, "a list of host names", [name])
+        if not all(isinstance(a, str) for a in authorities):
+            table.error("authorities", f"expected a list of strings, got {authorities!r}")
+        opaque = table.get("opaque", bool, "true or false", False)
+        endpoints = []
+        for index, item in enumerate(table.get("endpoints", list, "a list of endpoint tables", [], required=True)):
+            path = f"endpoints[{index}]"
+            if not isinstance(item, dict):
+                table.error(path, f"expected an endpoint table, got {item!r}")
+                continue
+            endpoint = self.endpoint(_Table(self, table.path(path), item))
+            if endpoint is not None:
+                endpoints.append(endpoint)
+        table.done()
+        return Service(
+            name=name,
+            endpoints=tuple(endpoints),
+            balancer=balancer,
+            authorities=tuple(authorities),
+            opaque=opaque,
+        )
+
+    def endpoint(self, table: _Table) -> Endpoint | None:
+        address = table.convert("address", parseAddress, required=True)
+        identity = self.identityName(table, "identity")
+        weight = table.get("weight", int, "a positive integer", 1)
+        if weight < 1:
+            table.error("weight", f"expected a positive integer, got {weight!r}")
+        labels = table.get("labels", dict, "a table of strings", {})
+        if not all(isinstance(v, str) for v in labels.values()):
+            table.error("labels", f"expected a table of strings, got {labels!r}")
+        table.done()
+        if address is None:
+            return None
+        return Endpoint(address, identity, weight, tuple(sorted(labels.items())))
+
+
+def _parseListen(text: str) -> str:
+    """
+    Check a Twisted server endpoint string without listening.
+
+    C{systemd:} strings are only checked for their prefix: parsing one reads
+    the inherited descriptors, which exist only under socket activation, and
+    C{meshproxy check} must work anywhere.
+    """
+    from twisted.internet.endpoints import serverFromString
+
+    if text.startswith("systemd:"):
+        return text
+    try:
+        serverFromString(None, text)
+    except Exception as e:
+        raise ValueError(f"expected a Twisted endpoint string like \"tcp:4143\", got {text!r} ({e})") from None
+    return text
+
+
+def load(path: FilePath | str) -> Config:
+    """
+    Read and check a configuration file.
+
+    @raise ConfigError: naming every problem found, including a file that
+        cannot be read or is not TOML.
+    """
+    if not isinstance(path, FilePath):
+        path = FilePath(path)
+    try:
+        with path.open("rb") as f:
+            document = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError([f"{path.path}: cannot read: {e.strerror}"]) from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError([f"{path.path}: not valid TOML: {e}"]) from None
+    return _Reader(path).read(document)

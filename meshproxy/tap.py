@@ -1,0 +1,45 @@
+# -*- test-case-name: tests.test_tap -*-
+"""
+The C{twistd meshproxy} command line: options, then the service tree.
+"""
+
+import sys
+
+from twisted.python import usage
+
+from .config import ConfigError, load
+
+
+class Options(usage.Options):
+    """
+    C{twistd meshproxy --config FILE}.
+
+    A bad configuration ends the process with exit status 1 and one line per
+    problem on standard error.  (twistd reports a L{usage.UsageError} with
+    its whole help text and exit status 0, which a supervisor would take
+    for a clean stop.)
+    """
+
+    optParameters = [
+        ["config", "c", "/etc/meshproxy/meshproxy.toml", "The configuration file."],
+    ]
+
+    def postOptions(self) -> None:
+        try:
+            self["proxyConfig"] = load(self["config"])
+        except ConfigError as e:
+            sys.exit(f"meshproxy: the configuration is not valid:\n{e}")
+
+
+def makeService(options):
+    """
+    Build the proxy from the configuration that L{Options} loaded.
+
+    The global reactor is imported here and only here: everything below
+    takes it as a parameter.
+    """
+    from twisted.internet import reactor
+
+    from .service import ProxyService
+
+    return ProxyService(options["proxyConfig"], reactor)

@@ -1,0 +1,252 @@
+"""
+Tests for L{meshproxy.config}.
+"""
+
+from textwrap import dedent
+
+from twisted.python.filepath import FilePath
+from twisted.trial.unittest import SynchronousTestCase
+
+from meshproxy.config import (
+    Address,
+    ConfigError,
+    Endpoint,
+    Inbound,
+    Upstream,
+    load,
+    parseAddress,
+    parseDuration,
+)
+
+VALID = """\
+[proxy]
+identity = "web.prod.mesh.local"
+trust_anchors = "ca.pem"
+detect_timeout = "250ms"
+connect_timeout = "2s"
+shutdown_grace = "1m"
+
+[admin]
+listen = "tcp:0:interface=127.0.0.1"
+
+[[inbound]]
+listen = "tcp:0:interface=127.0.0.1"
+app = "127.0.0.1:8080"
+
+[[inbound]]
+listen = "tcp:0:interface=127.0.0.1"
+app = "[::1]:3306"
+opaque = true
+
+[[upstreams]]
+listen = "tcp:9001:interface=127.0.0.1"
+service = "web"
+
+[services.web]
+authorities = ["web", "web:80"]
+endpoints = [
+  { address = "10.0.0.5:4143", identity = "web.prod.mesh.local", weight = 3, labels = { zone = "a" } },
+  { address = "10.0.0.6:4143" },
+]
+"""
+
+
+class DurationTests(SynchronousTestCase):
+    def test_units(self):
+        self.assertEqual(
+            [parseDuration(t) for t in ("250ms", "10s", "5m", "24h", "1d", "1.5s", "0")],
+            [0.25, 10.0, 300.0, 86400.0, 86400.0, 1.5, 0.0],
+        )
+
+    def test_invalid(self):
+        for text in ("10", "s", "-1s", "10 s", "1w", ""):
+            with self.assertRaises(ValueError) as e:
+                parseDuration(text)
+            self.assertIn("250ms", str(e.exception))
+
+
+class AddressTests(SynchronousTestCase):
+    def test_forms(self):
+        self.assertEqual(parseAddress("10.0.0.5:4143"), Address("10.0.0.5", 4143))
+        self.assertEqual(parseAddress("[::1]:80"), Address("::1", 80))
+        self.assertEqual(parseAddress("web.local:80"), Address("web.local", 80))
+        self.assertEqual(str(Address("::1", 80)), "[::1]:80")
+        self.assertEqual(str(Address("web", 80)), "web:80")
+
+    def test_invalid(self):
+        for text in ("10.0.0.5", ":80", "host:", "host:0", "host:65536", "host:x"):
+            self.assertRaises(ValueError, parseAddress, text)
+
+
+class LoadTests(SynchronousTestCase):
+    def write(self, text, anchors=True):
+        directory = FilePath(self.mktemp())
+        directory.makedirs()
+        if anchors:
+            directory.child("ca.pem").setContent(b"placeholder")
+        path = directory.child("meshproxy.toml")
+        path.setContent(dedent(text).encode())
+        return path
+
+    def errors(self, text, **kw):
+        path = self.write(text, **kw)
+        with self.assertRaises(ConfigError) as e:
+            load(path)
+        prefix = path.path + ": "
+        for line in e.exception.errors:
+            self.assertTrue(line.startswith(prefix), line)
+        return [line[len(prefix) :] for line in e.exception.errors]
+
+    def test_valid(self):
+        path = self.write(VALID)
+        config = load(path.path)
+        self.assertEqual(config.path, path)
+        self.assertEqual(config.proxy.identity, "web.prod.mesh.local")
+        self.assertEqual(config.proxy.trust_anchors, path.sibling("ca.pem"))
+        self.assertEqual(
+            (config.proxy.detect_timeout, config.proxy.connect_timeout, config.proxy.shutdown_grace),
+            (0.25, 2.0, 60.0),
+        )
+        self.assertEqual(
+            config.inbound,
+            (
+                Inbound("tcp:0:interface=127.0.0.1", Address("127.0.0.1", 8080), False),
+                Inbound("tcp:0:interface=127.0.0.1", Address("::1", 3306), True),
+            ),
+        )
+        self.assertEqual(config.upstreams, (Upstream("tcp:9001:interface=127.0.0.1", "web"),))
+        web = config.services["web"]
+        self.assertEqual(web.balancer, "round-robin")
+        self.assertEqual(web.authorities, ("web", "web:80"))
+        self.assertEqual(
+            web.endpoints,
+            (
+                Endpoint(Address("10.0.0.5", 4143), "web.prod.mesh.local", 3, (("zone", "a"),)),
+                Endpoint(Address("10.0.0.6", 4143)),
+            ),
+        )
+
+    def test_defaults(self):
+        config = load(self.write('[[inbound]]\nlisten = "tcp:4143"\napp = "127.0.0.1:80"\n'))
+        self.assertEqual(config.proxy.detect_timeout, 10.0)
+        self.assertEqual(config.proxy.shutdown_grace, 30.0)
+        self.assertEqual(config.admin.listen, "tcp:4191:interface=127.0.0.1")
+        self.assertIsNone(config.identity)
+
+    def test_authoritiesDefaultToName(self):
+        config = load(self.write(VALID.replace('authorities = ["web", "web:80"]\n', "")))
+        self.assertEqual(config.services["web"].authorities, ("web",))
+
+    def test_everyErrorNamed(self):
+        """
+        Every problem is reported, each with its key path and expectation.
+        """
+        text = dedent(
+            """\
+            [proxy]
+            identiy = "web"
+            detect_timeout = 10
+            shutdown_grace = "forever"
+            trust_anchors = "missing.pem"
+
+            [admin]
+            listen = "tcpp:4191"
+
+            [[inbound]]
+            listen = "tcp:4143"
+
+            [[upstreams]]
+            listen = "tcp:9001"
+            service = "nosuch"
+
+            [services.web]
+            balancer = "fastest"
+            endpoints = [{ address = "10.0.0.5", weight = 0 }, { adress = "10.0.0.6:1" }, "x"]
+            opaque = "yes"
+
+            [extra]
+            """
+        )
+        errors = self.errors(text)
+        expected = [
+            "proxy.detect_timeout: expected a string",
+            "proxy.shutdown_grace: expected a duration",
+            "proxy.trust_anchors: no such file",
+            "proxy.identiy: unknown key",
+            "admin.listen: expected a Twisted endpoint string",
+            "inbound[0].app: missing",
+            "services.web.balancer: expected one of round-robin, got 'fastest'",
+            "services.web.opaque: expected true or false",
+            "services.web.endpoints[0].address: expected \"host:port\", got '10.0.0.5'",
+            "services.web.endpoints[0].weight: expected a positive integer, got 0",
+            "services.web.endpoints[1].address: missing",
+            "services.web.endpoints[1].adress: unknown key",
+            "services.web.endpoints[2]: expected an endpoint table",
+            "upstreams[0].service: no [services.nosuch] table",
+            "extra: unknown key",
+        ]
+        self.assertEqual(len(errors), len(expected), "\n".join(errors))
+        for prefix in expected:
+            self.assertTrue(
+                any(line.startswith(prefix) for line in errors),
+                f"no error starting {prefix!r} in:\n" + "\n".join(errors),
+            )
+
+    def test_wrongTypes(self):
+        errors = self.errors(
+            """\
+            admin = "x"
+            inbound = { listen = "tcp:1" }
+            [[upstreams]]
+            listen = 9001
+            service = 3
+            """
+        )
+        self.assertEqual(
+            errors,
+            [
+                "admin: expected a table, got 'x'",
+                "inbound: expected an array of tables, got {'listen': 'tcp:1'}",
+                "upstreams[0].listen: expected a string, got 9001",
+                "upstreams[0].service: expected a service name, got 3",
+            ],
+        )
+
+    def test_noListeners(self):
+        self.assertEqual(
+            self.errors("[proxy]\n"),
+            ["inbound: no listeners: configure at least one [[inbound]] or [[upstreams]]"],
+        )
+
+    def test_boolIsNotAnInteger(self):
+        errors = self.errors(VALID.replace("weight = 3", "weight = true"))
+        self.assertEqual(errors, ["services.web.endpoints[0].weight: expected a positive integer, got True"])
+
+    def test_identityMustBeDNSName(self):
+        errors = self.errors(VALID.replace('identity = "web.prod.mesh.local"\ntrust', 'identity = "Web_Prod"\ntrust'))
+        self.assertEqual(len(errors), 1)
+        self.assertTrue(errors[0].startswith("proxy.identity: expected a lower-case DNS name"), errors)
+
+    def test_outboundNotYet(self):
+        errors = self.errors(VALID + '[outbound]\nlisten = "tcp:4140"\n')
+        self.assertEqual(len(errors), 1)
+        self.assertTrue(errors[0].startswith("outbound: HTTP routing"), errors)
+
+    def test_notTOML(self):
+        errors = self.errors("[proxy\n")
+        self.assertEqual(len(errors), 1)
+        self.assertTrue(errors[0].startswith("not valid TOML"), errors)
+
+    def test_unreadable(self):
+        missing = FilePath(self.mktemp())
+        with self.assertRaises(ConfigError) as e:
+            load(missing)
+        self.assertEqual(e.exception.errors, [f"{missing.path}: cannot read: No such file or directory"])
+
+    def test_systemdListenerAccepted(self):
+        """
+        C{systemd:} listeners are accepted without socket activation in
+        force, so C{meshproxy check} works on any machine.
+        """
+        config = load(self.write(VALID.replace('"tcp:9001:interface=127.0.0.1"', '"systemd:domain=INET:index=0"')))
+        self.assertEqual(config.upstreams[0].listen, "systemd:domain=INET:index=0")
