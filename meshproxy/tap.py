@@ -38,8 +38,12 @@ def makeService(options):
     The global reactor is imported here and only here: everything below
     takes it as a parameter.
     """
+    from prometheus_client import disable_created_metrics
     from twisted.internet import reactor
 
     from .service import ProxyService
+
+    # linkerd has no "_created" series, and they double the counters' series.
+    disable_created_metrics()
 
     return ProxyService(options["proxyConfig"], reactor)
