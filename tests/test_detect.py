@@ -18,6 +18,7 @@ from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
@@ -556,6 +557,28 @@ class DetectingProtocolTests(SynchronousTestCase):
             self.verdicts, [TLS("web.prod.mesh.local", ("h2", "http/1.1"))]
         )
         self.assertEqual(self.next.events[1], ("dataReceived", _CURL))
+
+    def test_malformedHelloLogged(self) -> None:
+        """
+        A ClientHello that is refused is relayed as opaque, and why it was
+        refused is logged with the peer: the only place that knows.
+        """
+        self.connect()
+        # The extension block claims more bytes than the hello holds.
+        hello = bytearray(_OPENSSL)
+        extensions = 5 + 4 + 2 + 32
+        extensions += 1 + hello[extensions]
+        extensions += 2 + int.from_bytes(hello[extensions : extensions + 2], "big")
+        extensions += 1 + hello[extensions]
+        hello[extensions : extensions + 2] = (0xFFFF).to_bytes(2, "big")
+        with capturedLogs() as events:
+            self.protocol.dataReceived(bytes(hello))
+        [verdict] = self.verdicts
+        self.assertEqual(verdict.reason, "no-match")
+        [event] = events
+        self.assertEqual(event["peer"].host, "10.0.0.7")
+        self.assertEqual(event["detail"], verdict.detail)
+        self.assertIn("Malformed TLS ClientHello", formatEvent(event))
 
     def test_timeout(self) -> None:
         """
