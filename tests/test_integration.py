@@ -39,6 +39,23 @@ def digest(chunks: list[bytes]) -> str:
     return h.hexdigest()
 
 
+def upstream(listen: int, service: str, ports: list[int], opaque: bool = False) -> str:
+    """
+    The configuration of one upstream listener on C{listen} relaying to the
+    endpoints on C{ports}.
+    """
+    endpoints = ", ".join(f'{{ address = "127.0.0.1:{port}" }}' for port in ports)
+    return f"""
+[[upstreams]]
+listen = "tcp:{listen}:interface=127.0.0.1"
+service = "{service}"
+
+[services.{service}]
+opaque = {str(opaque).lower()}
+endpoints = [{endpoints}]
+"""
+
+
 class Named(Resource):
     """
     An HTTP backend that answers every GET with its own name.
@@ -156,17 +173,7 @@ class RelayTests(TestCase):
         """
         resources, (a, b) = await self.httpBackends(b"a", b"b")
         listen = freePort()
-        proxy = await Proxy(
-            self,
-            f"""
-[[upstreams]]
-listen = "tcp:{listen}:interface=127.0.0.1"
-service = "web"
-
-[services.web]
-endpoints = [{{ address = "127.0.0.1:{a}" }}, {{ address = "127.0.0.1:{b}" }}]
-""",
-        ).start()
+        proxy = await Proxy(self, upstream(listen, "web", [a, b])).start()
         bodies = [await self.curl(f"http://127.0.0.1:{listen}/") for _ in range(4)]
         self.assertEqual(bodies, [b"a", b"b", b"a", b"b"])
         self.assertEqual([r.requests for r in resources], [2, 2])
@@ -216,18 +223,7 @@ app = "127.0.0.1:{a}"
 
         port = await self.listen(Factory.forProtocol(backend))
         listen = freePort()
-        proxy = await Proxy(
-            self,
-            f"""
-[[upstreams]]
-listen = "tcp:{listen}:interface=127.0.0.1"
-service = "blob"
-
-[services.blob]
-opaque = true
-endpoints = [{{ address = "127.0.0.1:{port}" }}]
-""",
-        ).start()
+        proxy = await Proxy(self, upstream(listen, "blob", [port], opaque=True)).start()
         client = Exchange(upload, sendFirst=True)
         await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", listen), client)
         received = await client.done
@@ -249,17 +245,7 @@ endpoints = [{{ address = "127.0.0.1:{port}" }}]
         """
         _, (live,) = await self.httpBackends(b"live")
         dead, listen = freePort(), freePort()
-        proxy = await Proxy(
-            self,
-            f"""
-[[upstreams]]
-listen = "tcp:{listen}:interface=127.0.0.1"
-service = "web"
-
-[services.web]
-endpoints = [{{ address = "127.0.0.1:{dead}" }}, {{ address = "127.0.0.1:{live}" }}]
-""",
-        ).start()
+        proxy = await Proxy(self, upstream(listen, "web", [dead, live])).start()
         bodies = [await self.curl(f"http://127.0.0.1:{listen}/") for _ in range(4)]
         self.assertEqual(bodies, [b"live"] * 4)
         sample = await proxy.samples()
