@@ -14,6 +14,7 @@ from .endpoint import TCPConnector
 from .listener import ListenerService, relayFactory
 from .metrics import ProxyMetrics
 from .readiness import Readiness
+from .systemd import Notifier, NotifyService
 from .tcp import Target
 
 
@@ -28,7 +29,11 @@ class ProxyService(MultiService):
         upstream listeners of one service share its balancer.
     """
 
-    def __init__(self, config: Config, reactor) -> None:
+    def __init__(self, config: Config, reactor, notifier: Notifier | None = None) -> None:
+        """
+        @param notifier: tells systemd when the proxy is ready and when it
+            stops, when it runs as a C{Type=notify} unit.
+        """
         super().__init__()
         self.config = config
         self.metrics = ProxyMetrics()
@@ -58,3 +63,5 @@ class ProxyService(MultiService):
         ListenerService(
             reactor, config.admin.listen, adminSite(self.metrics, self.readiness, reactor), lambda: None
         ).setServiceParent(self)
+        if notifier is not None:
+            NotifyService(notifier, self.readiness).setServiceParent(self)

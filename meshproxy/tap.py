@@ -42,8 +42,9 @@ def makeService(options):
     from twisted.internet import reactor
 
     from .service import ProxyService
+    from .systemd import Notifier
 
     # linkerd has no "_created" series, and they double the counters' series.
     disable_created_metrics()
 
-    return ProxyService(options["proxyConfig"], reactor)
+    return ProxyService(options["proxyConfig"], reactor, notifier=Notifier.fromEnvironment())

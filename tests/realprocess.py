@@ -102,6 +102,7 @@ class Proxy:
         self.config.setContent(
             f'[admin]\nlisten = "tcp:{self.adminPort}:interface=127.0.0.1"\n\n{config}'.encode()
         )
+        self.environment = dict(os.environ)
         self.process = None
         self.collector = _Collector()
         testCase.addCleanup(self.stop)
@@ -126,7 +127,7 @@ class Proxy:
         Start the process and wait until its C{/ready} answers 200.
         """
         argv = self.argv()
-        self.process = reactor.spawnProcess(self.collector, argv[0], argv, env=os.environ)
+        self.process = reactor.spawnProcess(self.collector, argv[0], argv, env=self.environment)
         deadline = reactor.seconds() + timeout
         while True:
             if self.collector.ended.called:
