@@ -37,7 +37,7 @@ from twisted.web.server import Request, Site
 from .metrics import ProxyMetrics
 from .readiness import Readiness
 
-__all__ = ["adminSite"]
+__all__ = ["AdminResource", "AdminRoot", "QuietSite", "adminRoot", "adminSite"]
 
 _TEXT = b"text/plain; charset=utf-8"
 
@@ -66,7 +66,7 @@ def _respond(request: Request, code: int, body: bytes, contentType: bytes = _TEX
     return b"" if request.method == b"HEAD" else body
 
 
-class _AdminResource(Resource):
+class AdminResource(Resource):
     """
     One admin path: a leaf that serves exactly its own path, with the
     methods in L{allowedMethods}.
@@ -109,7 +109,7 @@ class _AdminResource(Resource):
         raise NotImplementedError(f"{type(self).__name__} must implement answer")
 
 
-class _Live(_AdminResource):
+class _Live(AdminResource):
     """
     C{/live}: 200 whenever the reactor runs, which is all a liveness probe
     should ask.  Anything more (say, failing while the certificate is
@@ -121,7 +121,7 @@ class _Live(_AdminResource):
         return OK, b"live\n", _TEXT
 
 
-class _Ready(_AdminResource):
+class _Ready(AdminResource):
     """
     C{/ready}: 200 C{ready} once every readiness condition holds; otherwise
     503 C{not ready} followed by one line per pending condition, so the
@@ -142,7 +142,7 @@ class _Ready(_AdminResource):
         return SERVICE_UNAVAILABLE, "".join(f"{line}\n" for line in lines).encode("utf-8"), _TEXT
 
 
-class _Metrics(_AdminResource):
+class _Metrics(AdminResource):
     """
     C{/metrics}: one proxy's registry in the Prometheus text format 0.0.4.
 
@@ -168,7 +168,7 @@ class _NotFound(Resource):
         return _respond(request, NOT_FOUND, b"not found\n")
 
 
-class _AdminRoot(Resource):
+class AdminRoot(Resource):
     """
     The admin server's paths; any other, including C{/} itself, is a 404.
     """
@@ -177,7 +177,7 @@ class _AdminRoot(Resource):
         return _NotFound()
 
 
-class _QuietSite(Site):
+class QuietSite(Site):
     """
     A L{Site} without an access log and without start and stop messages:
     admin clients poll every few seconds, and logging each poll would bury
@@ -205,8 +205,18 @@ def adminSite(
 
     @return: a site to listen with on the C{[admin] listen} endpoint.
     """
-    root = _AdminRoot()
+    return QuietSite(adminRoot(metrics, readiness), logPath=None, reactor=reactor)
+
+
+def adminRoot(metrics: ProxyMetrics, readiness: Readiness) -> AdminRoot:
+    """
+    The admin routes, C{/live}, C{/ready} and C{/metrics}, for any server
+    of the project to serve (the issuer adds its own routes beside them).
+
+    @param metrics: anything with a C{registry} for C{/metrics} to render.
+    """
+    root = AdminRoot()
     root.putChild(b"live", _Live())
     root.putChild(b"ready", _Ready(readiness))
     root.putChild(b"metrics", _Metrics(metrics))
-    return _QuietSite(root, logPath=None, reactor=reactor)
+    return root

@@ -5,8 +5,13 @@ The C{meshproxy} command: tools around the proxy that runs under twistd.
 
 import argparse
 import sys
+import time
 
-from .config import ConfigError, load
+from twisted.python.filepath import FilePath
+
+from .config import ConfigError, load, parseDuration
+from .identity.ca import CAError, CertificateAuthority, initialize
+from .identity.tokens import mintToken
 
 
 def check(arguments: argparse.Namespace) -> int:
@@ -31,6 +36,48 @@ def check(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def caInit(arguments: argparse.Namespace) -> int:
+    """
+    C{meshproxy ca init DIR}: make a new CA, and say what to do with it.
+    """
+    directory = FilePath(arguments.directory)
+    try:
+        authority = initialize(directory, arguments.trust_domain, time.time())
+    except CAError as e:
+        print(f"meshproxy ca init: {e}", file=sys.stderr)
+        return 1
+    print(
+        f"{directory.path}: a new CA for the trust domain {authority.trustDomain}.\n"
+        f"Give {directory.child('ca.pem').path} to every proxy as its trust_anchors; "
+        f"the issuer's identity is {authority.issuerIdentity}.\n"
+        f"The issuer never reads {directory.child('root.key').path}: keep it offline."
+    )
+    return 0
+
+
+def caToken(arguments: argparse.Namespace) -> int:
+    """
+    C{meshproxy ca token IDENTITY --ca DIR}: print a join token, and only
+    the token, on standard output, so it can be redirected to a file.
+    """
+    try:
+        authority = CertificateAuthority.load(FilePath(arguments.ca))
+        authority.checkIdentity(arguments.identity)
+        token = mintToken(authority.tokenKey, arguments.identity, time.time(), arguments.ttl)
+    except (CAError, ValueError) as e:
+        print(f"meshproxy ca token: {e}", file=sys.stderr)
+        return 1
+    print(token)
+    return 0
+
+
+def _duration(text: str) -> float:
+    try:
+        return parseDuration(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="meshproxy",
@@ -40,6 +87,21 @@ def parser() -> argparse.ArgumentParser:
     checking = commands.add_parser("check", help="validate a configuration file")
     checking.add_argument("config", help="the TOML configuration file")
     checking.set_defaults(run=check)
+    ca = commands.add_parser("ca", help="the mesh's certificate authority")
+    caCommands = ca.add_subparsers(dest="caCommand", required=True, metavar="COMMAND")
+    initializing = caCommands.add_parser("init", help="make a new CA directory")
+    initializing.add_argument("directory", help="the directory to make it in (created if missing)")
+    initializing.add_argument(
+        "--trust-domain", default="mesh.local", help="the DNS suffix of every identity (default: %(default)s)"
+    )
+    initializing.set_defaults(run=caInit)
+    minting = caCommands.add_parser("token", help="print a join token for one identity")
+    minting.add_argument("identity", help="the identity the token grants, a DNS name in the trust domain")
+    minting.add_argument("--ca", required=True, help="the CA directory")
+    minting.add_argument(
+        "--ttl", type=_duration, default=3600.0, help="how long the token is valid, e.g. 10m, 1h (default: 1h)"
+    )
+    minting.set_defaults(run=caToken)
     return top
 
 

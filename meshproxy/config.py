@@ -13,6 +13,7 @@ CLI can validate a file without building any part of the proxy.
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from collections.abc import Callable, Mapping
@@ -34,12 +35,16 @@ __all__ = [
     "Service",
     "Upstream",
     "load",
+    "Reader",
+    "Table",
+    "isDNSName",
     "parseAddress",
     "parseDuration",
+    "readDocument",
 ]
 
 #: Balancer names a service may ask for.  The first is the default.
-BALANCERS = ("round-robin",)
+BALANCERS = ("p2c-peak-ewma", "round-robin", "least-request", "random")
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -106,7 +111,7 @@ def parseAddress(text: str) -> Address:
     return Address(host, int(port))
 
 
-def _isDNSName(name: str) -> bool:
+def isDNSName(name: str) -> bool:
     """
     Is C{name} a lower-case DNS name such as C{web.prod.mesh.local}?
     Identities travel as TLS SNI and certificate DNS SANs, which only hold
@@ -219,7 +224,7 @@ class Config:
     services: Mapping[str, Service] = field(factory=dict)
 
 
-class _Table:
+class Table:
     """
     One TOML table being read: typed getters that record a problem, rather
     than raise, and a final check for keys nobody asked for (misspellings).
@@ -228,7 +233,7 @@ class _Table:
     @ivar _seen: the keys a getter has looked at.
     """
 
-    def __init__(self, reader: _Reader, path: str, data: Mapping[str, Any]) -> None:
+    def __init__(self, reader: Reader, path: str, data: Mapping[str, Any]) -> None:
         self._reader = reader
         self._path = path
         self._data = data
@@ -271,11 +276,11 @@ class _Table:
             self.error(key, str(e))
             return default
 
-    def table(self, key: str) -> _Table | None:
+    def table(self, key: str) -> Table | None:
         value = self.get(key, dict, "a table")
-        return None if value is None else _Table(self._reader, self.path(key), value)
+        return None if value is None else Table(self._reader, self.path(key), value)
 
-    def tables(self, key: str) -> list[_Table]:
+    def tables(self, key: str) -> list[Table]:
         """
         An array of tables (C{[[key]]}); each item gets its index in the path.
         """
@@ -283,7 +288,7 @@ class _Table:
         result = []
         for index, item in enumerate(items):
             if isinstance(item, dict):
-                result.append(_Table(self._reader, f"{self.path(key)}[{index}]", item))
+                result.append(Table(self._reader, f"{self.path(key)}[{index}]", item))
             else:
                 self.error(f"{key}[{index}]", f"expected a table, got {item!r}")
         return result
@@ -299,9 +304,13 @@ class _Table:
             self.error(key, "unknown key")
 
 
-class _Reader:
+class Reader:
     """
-    Turns the parsed TOML document into a L{Config}, collecting problems.
+    Turns a parsed TOML document into a L{Config}, collecting problems.
+
+    Other configuration files of the project (the issuer's) read their
+    tables with the same L{Table} and helpers, so that every file reports
+    its problems alike.
     """
 
     def __init__(self, path: FilePath) -> None:
@@ -309,7 +318,14 @@ class _Reader:
         self.name = path.path
         self.errors: list[str] = []
 
-    def file(self, table: _Table, key: str) -> FilePath | None:
+    def relative(self, text: str) -> FilePath:
+        """
+        A path as written in the file: absolute, or relative to the
+        configuration file's directory (C{..} included).
+        """
+        return FilePath(os.path.normpath(os.path.join(self.path.parent().path, text)))
+
+    def file(self, table: Table, key: str) -> FilePath | None:
         """
         A file path, relative to the configuration file's directory, which
         must exist: a missing trust bundle found at start beats one found at
@@ -317,26 +333,26 @@ class _Reader:
         """
 
         def parse(text: str) -> FilePath:
-            child = self.path.parent().preauthChild(text) if not text.startswith("/") else FilePath(text)
+            child = self.relative(text)
             if not child.isfile():
                 raise ValueError(f"no such file: {child.path}")
             return child
 
         return table.convert(key, parse)
 
-    def listen(self, table: _Table, key: str, default: str | None = None) -> str | None:
+    def listen(self, table: Table, key: str, default: str | None = None) -> str | None:
         return table.convert(key, _parseListen, default, required=default is None)
 
-    def identityName(self, table: _Table, key: str) -> str | None:
+    def identityName(self, table: Table, key: str) -> str | None:
         def parse(text: str) -> str:
-            if not _isDNSName(text):
+            if not isDNSName(text):
                 raise ValueError(f"expected a lower-case DNS name such as \"web.prod.mesh.local\", got {text!r}")
             return text
 
         return table.convert(key, parse)
 
     def read(self, document: Mapping[str, Any]) -> Config:
-        root = _Table(self, "", document)
+        root = Table(self, "", document)
         proxy = self.proxy(root.table("proxy"))
         identity = self.identity(root.table("identity"))
         admin = self.admin(root.table("admin"))
@@ -362,7 +378,7 @@ class _Reader:
             services=services,
         )
 
-    def proxy(self, table: _Table | None) -> Proxy:
+    def proxy(self, table: Table | None) -> Proxy:
         if table is None:
             return Proxy()
         defaults = Proxy()
@@ -376,7 +392,7 @@ class _Reader:
         table.done()
         return proxy
 
-    def identity(self, table: _Table | None) -> Identity | None:
+    def identity(self, table: Table | None) -> Identity | None:
         if table is None:
             return None
         identity = Identity(
@@ -389,21 +405,21 @@ class _Reader:
         table.done()
         return identity
 
-    def admin(self, table: _Table | None) -> Admin:
+    def admin(self, table: Table | None) -> Admin:
         if table is None:
             return Admin()
         admin = Admin(listen=self.listen(table, "listen", Admin().listen))
         table.done()
         return admin
 
-    def inbound(self, table: _Table) -> Inbound | None:
+    def inbound(self, table: Table) -> Inbound | None:
         listen = self.listen(table, "listen")
         app = table.convert("app", parseAddress, required=True)
         opaque = table.get("opaque", bool, "true or false", False)
         table.done()
         return Inbound(listen, app, opaque) if listen and app else None
 
-    def upstream(self, table: _Table, services: Mapping[str, Service]) -> Upstream | None:
+    def upstream(self, table: Table, services: Mapping[str, Service]) -> Upstream | None:
         listen = self.listen(table, "listen")
         service = table.get("service", str, "a service name", required=True)
         if service is not None and service not in services:
@@ -411,7 +427,7 @@ class _Reader:
         table.done()
         return Upstream(listen, service) if listen and service else None
 
-    def services(self, table: _Table | None) -> dict[str, Service]:
+    def services(self, table: Table | None) -> dict[str, Service]:
         if table is None:
             return {}
         services = {}
@@ -422,7 +438,7 @@ class _Reader:
         table.done()
         return services
 
-    def service(self, name: str, table: _Table | None) -> Service | None:
+    def service(self, name: str, table: Table | None) -> Service | None:
         if table is None:
             return None
         balancer = table.get("balancer", str, "a balancer name", BALANCERS[0])
@@ -438,7 +454,7 @@ class _Reader:
             if not isinstance(item, dict):
                 table.error(path, f"expected an endpoint table, got {item!r}")
                 continue
-            endpoint = self.endpoint(_Table(self, table.path(path), item))
+            endpoint = self.endpoint(Table(self, table.path(path), item))
             if endpoint is not None:
                 endpoints.append(endpoint)
         table.done()
@@ -450,7 +466,7 @@ class _Reader:
             opaque=opaque,
         )
 
-    def endpoint(self, table: _Table) -> Endpoint | None:
+    def endpoint(self, table: Table) -> Endpoint | None:
         address = table.convert("address", parseAddress, required=True)
         identity = self.identityName(table, "identity")
         weight = table.get("weight", int, "a positive integer", 1)
@@ -484,6 +500,21 @@ def _parseListen(text: str) -> str:
     return text
 
 
+def readDocument(path: FilePath) -> Mapping[str, Any]:
+    """
+    Read a TOML file.
+
+    @raise ConfigError: if the file cannot be read or is not TOML.
+    """
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except OSError as e:
+        raise ConfigError([f"{path.path}: cannot read: {e.strerror}"]) from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError([f"{path.path}: not valid TOML: {e}"]) from None
+
+
 def load(path: FilePath | str) -> Config:
     """
     Read and check a configuration file.
@@ -493,11 +524,4 @@ def load(path: FilePath | str) -> Config:
     """
     if not isinstance(path, FilePath):
         path = FilePath(path)
-    try:
-        with path.open("rb") as f:
-            document = tomllib.load(f)
-    except OSError as e:
-        raise ConfigError([f"{path.path}: cannot read: {e.strerror}"]) from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError([f"{path.path}: not valid TOML: {e}"]) from None
-    return _Reader(path).read(document)
+    return Reader(path).read(readDocument(path))

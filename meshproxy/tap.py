@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_tap -*-
+# -*- test-case-name: tests.test_integration -*-
 """
 The C{twistd meshproxy} command line: options, then the service tree.
 """
@@ -10,25 +10,34 @@ from twisted.python import usage
 from .config import ConfigError, load
 
 
-class Options(usage.Options):
+class ConfigOptions(usage.Options):
     """
-    C{twistd meshproxy --config FILE}.
+    The options of a twistd plugin whose whole configuration is one file:
+    C{--config FILE}, loaded and checked while the options are parsed.
 
     A bad configuration ends the process with exit status 1 and one line per
     problem on standard error.  (twistd reports a L{usage.UsageError} with
     its whole help text and exit status 0, which a supervisor would take
     for a clean stop.)
+
+    @cvar command: the command name, for messages.
+    @cvar loader: reads and checks the file; raises L{ConfigError}.
     """
 
+    command = "meshproxy"
+    loader = staticmethod(load)
     optParameters = [
         ["config", "c", "/etc/meshproxy/meshproxy.toml", "The configuration file."],
     ]
 
     def postOptions(self) -> None:
         try:
-            self["proxyConfig"] = load(self["config"])
+            self["loaded"] = self.loader(self["config"])
         except ConfigError as e:
-            sys.exit(f"meshproxy: the configuration is not valid:\n{e}")
+            sys.exit(f"{self.command}: the configuration is not valid:\n{e}")
+
+
+Options = ConfigOptions
 
 
 def makeService(options):
@@ -47,4 +56,4 @@ def makeService(options):
     # linkerd has no "_created" series, and they double the counters' series.
     disable_created_metrics()
 
-    return ProxyService(options["proxyConfig"], reactor, notifier=Notifier.fromEnvironment())
+    return ProxyService(options["loaded"], reactor, notifier=Notifier.fromEnvironment())

@@ -128,3 +128,6 @@ class UnitFileTests(TestCase):
 
     async def test_meshproxy(self):
         await self.verify("meshproxy.service")
+
+    async def test_identity(self):
+        await self.verify("meshproxy-identity.service")
