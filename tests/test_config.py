@@ -116,7 +116,7 @@ class LoadTests(SynchronousTestCase):
         )
         self.assertEqual(config.upstreams, (Upstream("tcp:9001:interface=127.0.0.1", "web"),))
         web = config.services["web"]
-        self.assertEqual(web.balancer, "round-robin")
+        self.assertEqual(web.balancer, "p2c-peak-ewma")
         self.assertEqual(web.authorities, ("web", "web:80"))
         self.assertEqual(
             web.endpoints,
@@ -175,7 +175,7 @@ class LoadTests(SynchronousTestCase):
             "proxy.identiy: unknown key",
             "admin.listen: expected a Twisted endpoint string",
             "inbound[0].app: missing",
-            "services.web.balancer: expected one of round-robin, got 'fastest'",
+            "services.web.balancer: expected one of p2c-peak-ewma, round-robin, least-request, random, got 'fastest'",
             "services.web.opaque: expected true or false",
             "services.web.endpoints[0].address: expected \"host:port\", got '10.0.0.5'",
             "services.web.endpoints[0].weight: expected a positive integer, got 0",

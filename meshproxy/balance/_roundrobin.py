@@ -2,61 +2,52 @@
 """
 Smooth weighted round robin.
 
-Each pick adds every endpoint's weight to its running score, takes the
-endpoint with the highest score and subtracts the total weight from it.  With
-weights 5, 1, 1 this yields A A B A C A A rather than A A A A A B C: the same
-shares as plain weighted round robin, spread evenly (the scheme nginx uses).
+Each pick adds every candidate's weight to its running score, takes the
+candidate with the highest score and subtracts the total weight from it.
+With weights 5, 1, 1 this yields A A B A C A A rather than A A A A A B C:
+the same shares as plain weighted round robin, spread evenly (the scheme
+nginx uses).  Ejected and excluded endpoints are not candidates, so their
+turns go to the others and their scores stand still meanwhile.
 """
 
-from zope.interface import implementer
+from collections.abc import Iterable
 
-from ._interfaces import IBalancer, IPick
+from ..config import Endpoint
+from ._balancer import Balancer
+from ._endpoint import EndpointState
 
-
-@implementer(IPick)
-class _Pick:
-    """
-    A round-robin pick: round robin takes no feedback, so the outcome is
-    only recorded for whoever holds the pick.
-    """
-
-    def __init__(self, endpoint):
-        self.endpoint = endpoint
-
-    def responded(self):
-        pass
-
-    def finished(self, success):
-        pass
+__all__ = ["RoundRobin"]
 
 
-@implementer(IBalancer)
-class RoundRobin:
+class RoundRobin(Balancer):
     """
     Endpoints in turn, in proportion to their weights.
 
-    @ivar _scores: the running score of each endpoint, in endpoint order;
-        an endpoint that stays across L{update} keeps its score, so an
-        update does not reset the rotation.
+    @ivar _scores: the running score of each endpoint; an endpoint that
+        stays across L{update} keeps its score, so an update does not reset
+        the rotation.
     """
 
-    def __init__(self, endpoints=()):
-        self._scores = {}
-        self.update(endpoints)
+    def __init__(self, *args, **kwargs) -> None:
+        """
+        Take the arguments of every balancer; see L{Balancer.__init__}.
+        """
+        self._scores: dict[Endpoint, int] = {}
+        super().__init__(*args, **kwargs)
 
-    def update(self, endpoints):
-        self._scores = {e: self._scores.get(e, 0) for e in endpoints}
+    def update(self, endpoints: Iterable[Endpoint]) -> None:
+        endpoints = tuple(endpoints)
+        self._scores = {endpoint: self._scores.get(endpoint, 0) for endpoint in endpoints}
+        super().update(endpoints)
 
-    def pick(self, exclude=frozenset()):
-        candidates = [e for e in self._scores if e not in exclude]
-        if not candidates:
-            return None
+    def _choose(self, candidates: list[EndpointState], now: float) -> EndpointState:
         total = 0
         best = None
-        for endpoint in candidates:
+        for state in candidates:
+            endpoint = state.endpoint
             self._scores[endpoint] += endpoint.weight
             total += endpoint.weight
-            if best is None or self._scores[endpoint] > self._scores[best]:
-                best = endpoint
-        self._scores[best] -= total
-        return _Pick(best)
+            if best is None or self._scores[endpoint] > self._scores[best.endpoint]:
+                best = state
+        self._scores[best.endpoint] -= total
+        return best
