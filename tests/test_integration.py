@@ -39,7 +39,9 @@ def digest(chunks: list[bytes]) -> str:
     return h.hexdigest()
 
 
-def upstream(listen: int, service: str, ports: list[int], opaque: bool = False) -> str:
+def upstream(
+    listen: int, service: str, ports: list[int], opaque: bool = False, balancer: str = "p2c-peak-ewma"
+) -> str:
     """
     The configuration of one upstream listener on C{listen} relaying to the
     endpoints on C{ports}.
@@ -51,6 +53,7 @@ listen = "tcp:{listen}:interface=127.0.0.1"
 service = "{service}"
 
 [services.{service}]
+balancer = "{balancer}"
 opaque = {str(opaque).lower()}
 endpoints = [{endpoints}]
 """
@@ -173,7 +176,7 @@ class RelayTests(TestCase):
         """
         resources, (a, b) = await self.httpBackends(b"a", b"b")
         listen = freePort()
-        proxy = await Proxy(self, upstream(listen, "web", [a, b])).start()
+        proxy = await Proxy(self, upstream(listen, "web", [a, b], balancer="round-robin")).start()
         bodies = [await self.curl(f"http://127.0.0.1:{listen}/") for _ in range(4)]
         self.assertEqual(bodies, [b"a", b"b", b"a", b"b"])
         self.assertEqual([r.requests for r in resources], [2, 2])
