@@ -96,15 +96,15 @@ http {{
     return subprocess.Popen(["taskset", "-c", LOAD_CPU, "nginx", "-c", str(conf), "-e", str(directory / "nginx.err")])
 
 
-def haproxy(directory: Path, port: int, backend: int) -> subprocess.Popen:
-    conf = directory / "haproxy.cfg"
+def haproxy(directory: Path, port: int, backend: int, mode: str = "tcp") -> subprocess.Popen:
+    conf = directory / f"haproxy-{mode}.cfg"
     conf.write_text(
         f"""
 global
   nbthread 1
   maxconn 4000
 defaults
-  mode tcp
+  mode {mode}
   timeout connect 1s
   timeout client 60s
   timeout server 60s
@@ -116,7 +116,11 @@ listen relay
     return subprocess.Popen(["taskset", "-c", PROXY_CPU, "haproxy", "-db", "-f", str(conf)])
 
 
-def meshproxy(directory: Path, port: int, backend: int) -> subprocess.Popen:
+def meshproxy(directory: Path, port: int, backend: int, opaque: bool = True) -> subprocess.Popen:
+    """
+    meshproxy with an upstream listener for the backend: relayed as TCP
+    when C{opaque}, else served by the HTTP path (a request at a time).
+    """
     admin = freePort()
     conf = directory / "meshproxy.toml"
     conf.write_text(
@@ -129,6 +133,7 @@ listen = "tcp:{port}:interface=127.0.0.1"
 service = "backend"
 
 [services.backend]
+opaque = {str(opaque).lower()}
 endpoints = [{{ address = "127.0.0.1:{backend}" }}]
 """
     )
@@ -188,9 +193,9 @@ def measure(name: str, port: int, proxy: subprocess.Popen | None, args) -> list[
     return rows
 
 
-def table(rows: list[dict]) -> str:
+def table(rows: list[dict], reference: str = "haproxy tcp") -> str:
     base = {row["path"]: row for row in rows if row["subject"] == "direct"}
-    haproxy = {row["path"]: row for row in rows if row["subject"] == "haproxy tcp"}
+    haproxy = {row["path"]: row for row in rows if row["subject"] == reference}
     lines = [
         f"{'subject':<14} {'response':<8} {'req/s':>9} {'MB/s':>8} {'p50 ms':>7} {'p99 ms':>7} "
         f"{'vs direct':>9} {'vs haproxy':>10} {'CPU us/req':>10} {'RSS MB':>7}  errors"

@@ -31,6 +31,7 @@ __all__ = [
     "Endpoint",
     "Identity",
     "Inbound",
+    "Outbound",
     "Proxy",
     "Service",
     "Upstream",
@@ -49,6 +50,8 @@ BALANCERS = ("p2c-peak-ewma", "round-robin", "least-request", "random")
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _DNS_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+#: The keys of C{[identity]} that get certificates from an issuer.
+_ISSUER_KEYS = frozenset({"issuer", "issuer_identity", "token_file"})
 
 
 class ConfigError(Exception):
@@ -172,6 +175,16 @@ class Upstream:
 
 
 @frozen
+class Outbound:
+    """
+    The listener that routes HTTP by authority (C{[outbound]}), for
+    applications that send to it with C{http_proxy} or by address.
+    """
+
+    listen: str
+
+
+@frozen
 class Proxy:
     """
     Proxy-wide settings (C{[proxy]}).
@@ -182,6 +195,7 @@ class Proxy:
     detect_timeout: float = 10.0
     connect_timeout: float = 1.0
     shutdown_grace: float = 30.0
+    response_timeout: float = 30.0
 
 
 @frozen
@@ -221,6 +235,7 @@ class Config:
     admin: Admin = Admin()
     inbound: tuple[Inbound, ...] = ()
     upstreams: tuple[Upstream, ...] = ()
+    outbound: Outbound | None = None
     services: Mapping[str, Service] = field(factory=dict)
 
 
@@ -317,6 +332,10 @@ class Reader:
         self.path = path
         self.name = path.path
         self.errors: list[str] = []
+        #: Whether C{[proxy]} names an identity and trust anchors, without
+        #: which endpoints with an identity cannot be reached; set by
+        #: L{proxy}, which is read before the services.
+        self.mtls = False
 
     def relative(self, text: str) -> FilePath:
         """
@@ -358,14 +377,15 @@ class Reader:
         admin = self.admin(root.table("admin"))
         inboundTables = root.tables("inbound")
         inbound = tuple(filter(None, map(self.inbound, inboundTables)))
-        if root.get("outbound", dict, "a table") is not None:
-            root.error("outbound", "HTTP routing by Host is not part of this meshproxy release yet; use [[upstreams]]")
+        outbound = self.outbound(root.table("outbound"))
+        if identity is not None and proxy.identity is None:
+            root.error("identity", "this table certifies proxy.identity, which is not set")
         services = self.services(root.table("services"))
         upstreamTables = root.tables("upstreams")
         upstreams = tuple(filter(None, (self.upstream(t, services) for t in upstreamTables)))
         root.done()
-        if not (inboundTables or upstreamTables):
-            root.error("inbound", "no listeners: configure at least one [[inbound]] or [[upstreams]]")
+        if not (inboundTables or upstreamTables or outbound):
+            root.error("inbound", "no listeners: configure at least one [[inbound]], [[upstreams]] or [outbound]")
         if self.errors:
             raise ConfigError(self.errors)
         return Config(
@@ -375,6 +395,7 @@ class Reader:
             admin=admin,
             inbound=inbound,
             upstreams=upstreams,
+            outbound=outbound,
             services=services,
         )
 
@@ -388,7 +409,12 @@ class Reader:
             detect_timeout=table.convert("detect_timeout", parseDuration, defaults.detect_timeout),
             connect_timeout=table.convert("connect_timeout", parseDuration, defaults.connect_timeout),
             shutdown_grace=table.convert("shutdown_grace", parseDuration, defaults.shutdown_grace),
+            response_timeout=table.convert("response_timeout", parseDuration, defaults.response_timeout),
         )
+        keys = set(table.keys())
+        if "identity" in keys and "trust_anchors" not in keys:
+            table.error("trust_anchors", "missing: an identity needs the trust anchors that verify its peers")
+        self.mtls = {"identity", "trust_anchors"} <= keys
         table.done()
         return proxy
 
@@ -402,6 +428,22 @@ class Reader:
             cert_file=self.file(table, "cert_file"),
             key_file=self.file(table, "key_file"),
         )
+        keys = set(table.keys())
+        for key, other in (("cert_file", "key_file"), ("key_file", "cert_file")):
+            if key in keys and other not in keys:
+                table.error(other, f"missing: {key} needs {other} too")
+        issuerKeys = sorted(keys & _ISSUER_KEYS)
+        if issuerKeys and keys & {"cert_file", "key_file"}:
+            table.error(
+                "cert_file", f"a static certificate and an issuer ({', '.join(issuerKeys)}) exclude each other: use one"
+            )
+        # Without a static certificate the issuer is the only source, usable
+        # only with all three keys: else the proxy would never be ready.
+        if not keys & {"cert_file", "key_file"}:
+            for key in sorted(_ISSUER_KEYS - keys):
+                table.error(
+                    key, "missing: without cert_file and key_file, an issuer needs issuer, issuer_identity and token_file"
+                )
         table.done()
         return identity
 
@@ -418,6 +460,13 @@ class Reader:
         opaque = table.get("opaque", bool, "true or false", False)
         table.done()
         return Inbound(listen, app, opaque) if listen and app else None
+
+    def outbound(self, table: Table | None) -> Outbound | None:
+        if table is None:
+            return None
+        listen = self.listen(table, "listen")
+        table.done()
+        return Outbound(listen) if listen else None
 
     def upstream(self, table: Table, services: Mapping[str, Service]) -> Upstream | None:
         listen = self.listen(table, "listen")
@@ -469,6 +518,8 @@ class Reader:
     def endpoint(self, table: Table) -> Endpoint | None:
         address = table.convert("address", parseAddress, required=True)
         identity = self.identityName(table, "identity")
+        if identity is not None and not self.mtls:
+            table.error("identity", "reaching an endpoint over mTLS needs proxy.identity and proxy.trust_anchors")
         weight = table.get("weight", int, "a positive integer", 1)
         if weight < 1:
             table.error("weight", f"expected a positive integer, got {weight!r}")

@@ -11,7 +11,7 @@ them a connector whose L{Deferred} they fire by hand.
 from __future__ import annotations
 
 from twisted.internet.abstract import isIPAddress, isIPv6Address
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.endpoints import (
     HostnameEndpoint,
     TCP4ClientEndpoint,
@@ -21,8 +21,9 @@ from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClie
 from zope.interface import Interface, implementer
 
 from .config import Address, Endpoint
+from .tls import HandshakeFailed, MeshTLS, TLSProtocol
 
-__all__ = ["IConnector", "TCPConnector"]
+__all__ = ["IConnector", "MeshConnector", "TCPConnector"]
 
 
 class IConnector(Interface):
@@ -93,3 +94,43 @@ class TCPConnector:
     def connect(self, endpoint: Endpoint, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
         d = _tcpEndpoint(self._reactor, endpoint.address, self._timeout).connect(protocolFactory)
         return d.addCallback(_tune)
+
+
+@implementer(IConnector)
+class MeshConnector:
+    """
+    Mutual TLS to endpoints that have an identity, plain TCP to the others.
+
+    A connection to a meshed endpoint is made only once its server proved
+    the endpoint's identity: until then the L{Deferred} has not fired, so
+    the relay has written nothing, and a wrong or untrusted certificate
+    fails the attempt like a refused connection, which moves the relay on
+    to another endpoint.  There is no fallback to plaintext.
+
+    @ivar _tcp: connects endpoints without an identity.
+    @ivar _tls: the proxy's mTLS, or L{None} if it has no identity, in
+        which case meshed endpoints cannot be reached (the configuration
+        check refuses that combination).
+    """
+
+    def __init__(self, reactor, timeout: float, tls: MeshTLS | None) -> None:
+        """
+        @param timeout: seconds to wait for the TCP connection, and then
+            again for the TLS handshake.
+        """
+        self._reactor = reactor
+        self._timeout = timeout
+        self._tcp = TCPConnector(reactor, timeout)
+        self._tls = tls
+
+    def connect(self, endpoint: Endpoint, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
+        if endpoint.identity is None:
+            return self._tcp.connect(endpoint, protocolFactory)
+        if self._tls is None:
+            return fail(HandshakeFailed(f"{endpoint.address} needs mTLS as {endpoint.identity}, and this proxy has no identity"))
+        try:
+            factory = self._tls.clientFactory(endpoint.identity, protocolFactory, self._timeout)
+        except HandshakeFailed:
+            return fail()
+        d = _tcpEndpoint(self._reactor, endpoint.address, self._timeout).connect(factory)
+        return d.addCallback(_tune).addCallback(TLSProtocol.whenVerified)

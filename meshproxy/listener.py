@@ -15,13 +15,14 @@ from collections.abc import Callable
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IReactorTime
-from twisted.internet.protocol import Factory
+from twisted.internet.interfaces import IListeningPort, IProtocol, IProtocolFactory, IReactorTime
+from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 
-from .detect import TLS, DetectingFactory, Opaque, Verdict
+from .detect import HTTP1, TLS, DetectingFactory, Opaque, Verdict
 from .metrics import ProxyMetrics
 from .tcp import RelayProtocol, Target
+from .tls import MeshTLS
 
 _SKIPPED = Opaque("skipped")
 
@@ -32,24 +33,88 @@ def relayFactory(
     metrics: ProxyMetrics,
     detectTimeout: float,
     opaque: bool,
+    tls: MeshTLS | None = None,
+    http: Callable[[], IProtocol] | None = None,
 ) -> IProtocolFactory:
     """
     A factory for connections relayed as TCP to C{target}.
 
-    Detection runs even though every verdict is relayed alike, so that the
+    Detection runs even though most verdicts are relayed alike, so that the
     logs and C{detect_total} show what each port really carries; an opaque
     port skips it, as a server-speaks-first protocol would otherwise wait
     out the detect timeout before its server could speak.
+
+    @param tls: on an inbound listener of a proxy with an identity, its
+        mTLS: a ClientHello for that identity is terminated here, and
+        detection runs again on the plaintext (so C{detect_total} counts
+        both verdicts).  Any other TLS is relayed untouched.
+    @param http: builds the protocol that serves HTTP/1 connections, if
+        requests are to be balanced one by one rather than relayed; other
+        verdicts (HTTP/2 among them, for now) are still relayed.
     """
 
-    def choose(verdict: Verdict) -> RelayProtocol:
+    def relay(verdict: Verdict, label: str, clientId: str = "") -> RelayProtocol:
         metrics.detected(verdict.result)
+        return RelayProtocol(target, label, verdict.result, clock, clientId)
+
+    def plaintext(clientId: str | None) -> IProtocol:
+        inner = DetectingFactory(lambda verdict: relay(verdict, "true", clientId or ""), clock, detectTimeout)
+        return inner.buildProtocol(None)
+
+    def choose(verdict: Verdict) -> IProtocol:
+        if not isinstance(verdict, TLS):
+            if http is not None and isinstance(verdict, HTTP1):
+                metrics.detected(verdict.result)
+                return http()
+            return relay(verdict, "no_identity")
+        if tls is not None and verdict.sni == tls.identity:
+            metrics.detected(verdict.result)
+            return tls.server(plaintext, detectTimeout)
         # TLS that the proxy does not terminate is passed through untouched.
-        tls = "opaque" if isinstance(verdict, TLS) else "no_identity"
-        return RelayProtocol(target, tls, verdict.result, clock)
+        return relay(verdict, "opaque")
 
     if opaque:
         return Factory.forProtocol(lambda: choose(_SKIPPED))
+    return DetectingFactory(choose, clock, detectTimeout)
+
+
+class _Refused(Protocol):
+    """
+    A connection the outbound listener cannot route: it is closed at once,
+    with a log line saying why.
+    """
+
+    _log = Logger()
+
+    def __init__(self, verdict: Verdict) -> None:
+        self._verdict = verdict
+
+    def connectionMade(self) -> None:
+        self._log.info(
+            "Closed {result} connection from {peer}: the outbound listener routes HTTP/1 only",
+            result=self._verdict.result,
+            peer=self.transport.getPeer(),
+        )
+        self.transport.loseConnection()
+
+
+def outboundFactory(
+    http: Callable[[], IProtocol], clock: IReactorTime, metrics: ProxyMetrics, detectTimeout: float
+) -> IProtocolFactory:
+    """
+    A factory for the outbound listener, which routes HTTP/1 by authority.
+
+    Other protocols name no authority, so there is nowhere to send them:
+    they are closed.  (HTTP/2 has an authority, but is served here only
+    once the proxy speaks it; a GOAWAY needs an HTTP/2 codec too.)
+    """
+
+    def choose(verdict: Verdict) -> IProtocol:
+        metrics.detected(verdict.result)
+        if isinstance(verdict, HTTP1):
+            return http()
+        return _Refused(verdict)
+
     return DetectingFactory(choose, clock, detectTimeout)
 
 

@@ -14,17 +14,24 @@ is too much to pay per read on the data path.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-__all__ = ["ProxyMetrics", "TCPMetrics"]
+__all__ = ["LATENCY_BUCKETS", "HTTPMetrics", "ProxyMetrics", "TCPMetrics"]
 
-_TCP_LABELS = ("direction", "peer", "target", "tls")
+#: linkerd2-proxy's C{response_latency_ms} buckets, in milliseconds.
+LATENCY_BUCKETS = (
+    1, 2, 3, 4, 5, 10, 20, 30, 40, 50, 100, 200, 300, 400, 500,
+    1000, 2000, 3000, 4000, 5000, 10000, 20000, 30000, 40000, 50000,
+)
+_HTTP_LABELS = ("direction", "authority", "tls")
+
+_TCP_LABELS = ("direction", "peer", "target", "tls", "client_id", "server_id")
 
 
 class TCPMetrics:
     """
     The TCP counters of one side of relayed connections, for one set of
-    labels (direction, peer, target, tls).
+    labels (direction, peer, target, tls, client_id, server_id).
 
     @ivar read: add the number of bytes read from this peer.
     @ivar wrote: add the number of bytes written to this peer.
@@ -51,6 +58,41 @@ class TCPMetrics:
         """
         self._gauge.dec()
         (self._success if success else self._failure)()
+
+
+class HTTPMetrics:
+    """
+    The HTTP metrics of one route (direction, authority, tls).
+
+    Children for each status code are resolved on its first response and
+    kept, so a response costs a dictionary lookup, not a label walk.
+
+    @ivar request: count one request.
+    """
+
+    def __init__(self, metrics: ProxyMetrics, labels: tuple[str, ...]) -> None:
+        self._metrics = metrics
+        self._labels = labels
+        self.request = metrics.requestTotal.labels(*labels).inc
+        self._byStatus: dict[int, tuple] = {}
+
+    def responded(self, status: int, milliseconds: float) -> None:
+        """
+        Count a complete response (or one the proxy made), and how long it
+        took from the request head to its end.  5xx are failures, as
+        linkerd2-proxy classifies them.
+        """
+        children = self._byStatus.get(status)
+        if children is None:
+            code = str(status)
+            classification = "failure" if status >= 500 else "success"
+            metrics = self._metrics
+            children = self._byStatus[status] = (
+                metrics.responseTotal.labels(*self._labels, code, classification).inc,
+                metrics.responseLatency.labels(*self._labels, code).observe,
+            )
+        children[0]()
+        children[1](milliseconds)
 
 
 class ProxyMetrics:
@@ -80,12 +122,41 @@ class ProxyMetrics:
         self.tcpWriteBytes = Counter(
             "tcp_write_bytes", "Bytes written to the peer.", _TCP_LABELS, registry=registry
         )
+        self.requestTotal = Counter("request", "HTTP requests.", _HTTP_LABELS, registry=registry)
+        self.responseTotal = Counter(
+            "response", "HTTP responses.", _HTTP_LABELS + ("status_code", "classification"), registry=registry
+        )
+        self.responseLatency = Histogram(
+            "response_latency_ms",
+            "Time from a request's head to the end of its response, in milliseconds.",
+            _HTTP_LABELS + ("status_code",),
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self._http: dict[tuple[str, ...], HTTPMetrics] = {}
         self.detectTotal = Counter(
             "detect", "Connections by protocol detection result.", ("result",), registry=registry
         )
+        self.identityCertExpiration = Gauge(
+            "identity_cert_expiration_timestamp_seconds",
+            "When the proxy's current identity certificate expires, in seconds since the epoch.",
+            registry=registry,
+        )
+        self.identityCertRefresh = Gauge(
+            "identity_cert_refresh_timestamp_seconds",
+            "When the proxy last got a new identity certificate from the issuer, in seconds since the epoch.",
+            registry=registry,
+        )
+        refreshes = Counter(
+            "identity_cert_refreshes", "Certify exchanges with the issuer, by result.", ("result",), registry=registry
+        )
+        self._refreshSucceeded = refreshes.labels("success").inc
+        self._refreshFailed = refreshes.labels("failure").inc
         self._tcp: dict[tuple[str, ...], TCPMetrics] = {}
 
-    def tcp(self, direction: str, peer: str, target: str, tls: str) -> TCPMetrics:
+    def tcp(
+        self, direction: str, peer: str, target: str, tls: str, clientId: str = "", serverId: str = ""
+    ) -> TCPMetrics:
         """
         The counters for one side of a relayed connection, created on first
         use and cached.
@@ -95,11 +166,47 @@ class ProxyMetrics:
             one the proxy opened.
         @param target: the service name or application address.
         @param tls: C{"true"}, C{"no_identity"} or C{"opaque"}.
+        @param clientId: the verified identity of the client of an inbound
+            mTLS connection; empty otherwise, which Prometheus reads as no
+            label at all.
+        @param serverId: the identity the endpoint proved over mTLS; empty
+            otherwise.
         """
-        key = (direction, peer, target, tls)
+        key = (direction, peer, target, tls, clientId, serverId)
         metrics = self._tcp.get(key)
         if metrics is None:
             metrics = self._tcp[key] = TCPMetrics(self, key)
+        return metrics
+
+    def certificateUpdated(self, expires: float) -> None:
+        """
+        The proxy has a new identity certificate, which expires at
+        C{expires} (seconds since the epoch).
+        """
+        self.identityCertExpiration.set(expires)
+
+    def certificateRefreshed(self, now: float) -> None:
+        """
+        A certify exchange with the issuer succeeded at C{now} (seconds
+        since the epoch).
+        """
+        self.identityCertRefresh.set(now)
+        self._refreshSucceeded()
+
+    def certificateRefreshFailed(self) -> None:
+        """
+        A certify exchange with the issuer failed.
+        """
+        self._refreshFailed()
+
+    def http(self, direction: str, authority: str, tls: str) -> HTTPMetrics:
+        """
+        The HTTP metrics of one route, created on first use and cached.
+        """
+        key = (direction, authority, tls)
+        metrics = self._http.get(key)
+        if metrics is None:
+            metrics = self._http[key] = HTTPMetrics(self, key)
         return metrics
 
     def detected(self, result: str) -> None:

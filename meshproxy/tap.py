@@ -34,7 +34,15 @@ class ConfigOptions(usage.Options):
         try:
             self["loaded"] = self.loader(self["config"])
         except ConfigError as e:
-            sys.exit(f"{self.command}: the configuration is not valid:\n{e}")
+            self.refuse(e)
+
+    def refuse(self, error: ConfigError) -> None:
+        """
+        End the process over a configuration problem, found while reading
+        the file or while building the service from it (a certificate file
+        that does not hold a certificate, say).
+        """
+        sys.exit(f"{self.command}: the configuration is not valid:\n{error}")
 
 
 Options = ConfigOptions
@@ -56,4 +64,7 @@ def makeService(options):
     # linkerd has no "_created" series, and they double the counters' series.
     disable_created_metrics()
 
-    return ProxyService(options["loaded"], reactor, notifier=Notifier.fromEnvironment())
+    try:
+        return ProxyService(options["loaded"], reactor, notifier=Notifier.fromEnvironment())
+    except ConfigError as e:
+        options.refuse(e)

@@ -40,7 +40,7 @@ from zope.interface import implementer
 from .balance import IBalancer
 from .config import Address, Endpoint
 from .endpoint import IConnector
-from .metrics import ProxyMetrics
+from .metrics import ProxyMetrics, TCPMetrics
 
 __all__ = ["RelayProtocol", "Target"]
 
@@ -144,8 +144,11 @@ class RelayProtocol(Protocol):
     @ivar _target: where the connection goes.
     @ivar _protocol: the detection verdict label, for the log line.
     @ivar _clock: the L{IReactorTime} that times the connection.
+    @ivar _tls: the C{tls} label of the accepted connection.
+    @ivar _clientId: the client's verified identity, or C{""}.
     @ivar _src: the metrics of the accepted connection.
-    @ivar _dst: the metrics of the connection to the endpoint.
+    @ivar _dst: the metrics of the connection to the endpoint, once it is
+        established (its labels depend on the endpoint).
     @ivar _pending: bytes received while connecting, forwarded first.
     @ivar _tried: the endpoints this connection tried, not to be picked
         again.
@@ -155,6 +158,8 @@ class RelayProtocol(Protocol):
         L{None} once it has been told how the attempt went.
     @ivar _connecting: the connection attempt in progress, or L{None}.
     @ivar _upstream: the connection to the endpoint once established.
+    @ivar _consumers: the transports that have the other registered as
+        their producer.
     @ivar _srcReadDone: the client will send no more bytes.
     @ivar _dstReadDone: the endpoint will send no more bytes.
     @ivar _srcLost: the accepted connection is closed.
@@ -169,26 +174,32 @@ class RelayProtocol(Protocol):
 
     _log = Logger()
 
-    def __init__(self, target: Target, tls: str, protocol: str, clock: IReactorTime) -> None:
+    def __init__(self, target: Target, tls: str, protocol: str, clock: IReactorTime, clientId: str = "") -> None:
         """
         @param target: where the connection goes.
-        @param tls: the C{tls} label of the connection's metrics:
-            C{"true"}, C{"no_identity"} or C{"opaque"}.
+        @param tls: the C{tls} label of the accepted connection's metrics:
+            C{"true"} (mTLS terminated here), C{"no_identity"} or
+            C{"opaque"} (TLS passed through).
         @param protocol: the detection verdict label (C{"opaque"},
             C{"tls"}, ...), for the log line.
         @param clock: times the connection for the log line.
+        @param clientId: the client's identity, verified by mTLS, or
+            C{""}: the C{client_id} label of both sides' metrics.
         """
         self._target = target
+        self._tls = tls
         self._protocol = protocol
         self._clock = clock
-        self._src = target.metrics.tcp(target.direction, "src", target.name, tls)
-        self._dst = target.metrics.tcp(target.direction, "dst", target.name, tls)
+        self._clientId = clientId
+        self._src = target.metrics.tcp(target.direction, "src", target.name, tls, clientId)
+        self._dst: TCPMetrics | None = None
         self._pending: list[bytes] = []
         self._tried: set[Endpoint] = set()
         self._endpoint: Endpoint | None = None
         self._pick = None
         self._connecting = None
         self._upstream: _Upstream | None = None
+        self._consumers: list = []
         self._srcReadDone = False
         self._dstReadDone = False
         self._srcLost = False
@@ -237,6 +248,7 @@ class RelayProtocol(Protocol):
         elif self._upstream is not None and not self._dstLost:
             # Close the other side once it has written what it holds; the
             # account is settled when it is gone.
+            self._unsplice()
             self._upstream.transport.loseConnection()
             return
         self._settle()
@@ -283,6 +295,7 @@ class RelayProtocol(Protocol):
         # the relayed connection itself is whole.
         self._error = None
         self._pick.responded()
+        self._dst = self._dstMetrics(self._endpoint)
         self._dst.opened()
         src, dst = self.transport, upstream.transport
         if self._pending:
@@ -292,9 +305,22 @@ class RelayProtocol(Protocol):
         # A full write buffer on one side pauses reading on the other.
         src.registerProducer(dst, True)
         dst.registerProducer(src, True)
+        self._consumers = [src, dst]
         if self._srcReadDone:
             self._endOfInput(dst)
         src.resumeProducing()
+
+    def _dstMetrics(self, endpoint: Endpoint) -> TCPMetrics:
+        """
+        The metrics of the connection to C{endpoint}.  The connector speaks
+        mTLS to exactly the endpoints that have an identity (see
+        L{meshproxy.endpoint.MeshConnector}), proven by the time the
+        connection is made; any other endpoint carries what the client sent,
+        so its C{tls} label is the accepted connection's.
+        """
+        tls = "true" if endpoint.identity else self._tls
+        target = self._target
+        return target.metrics.tcp(target.direction, "dst", target.name, tls, self._clientId, endpoint.identity or "")
 
     # The connection to the endpoint, through _Upstream.
 
@@ -315,6 +341,7 @@ class RelayProtocol(Protocol):
         self._pick = None
         self._dst.closed(self._noteClose("dst", reason))
         if not self._srcLost:
+            self._unsplice()
             self.transport.loseConnection()
             return
         self._settle()
@@ -327,10 +354,26 @@ class RelayProtocol(Protocol):
         of the other side, or close both when neither has more to send.
         """
         if self._srcReadDone and self._dstReadDone:
+            self._unsplice()
             self.transport.loseConnection()
             self._upstream.transport.loseConnection()
         else:
+            # The side that ended has nothing more to produce for this one.
+            self._unsplice(transport)
             transport.loseWriteConnection()
+
+    def _unsplice(self, transport=None) -> None:
+        """
+        Unregister the producer of C{transport} (default: of both), before
+        shutting it down: a transport that had paused its producer resumes
+        it after its last write instead of closing, or shutting down
+        writing, and then waits forever (see
+        L{twisted.internet.abstract.FileDescriptor.doWrite}).
+        """
+        for consumer in list(self._consumers):
+            if transport is None or consumer is transport:
+                self._consumers.remove(consumer)
+                consumer.unregisterProducer()
 
     def _noteClose(self, side: str, reason: Failure) -> bool:
         """
@@ -348,10 +391,12 @@ class RelayProtocol(Protocol):
         Both connections are closed: log the one line about this one.
         """
         self._log.info(
-            "{direction} {peer} -> {target} ({endpoint}) {protocol}: "
+            "{direction} {peer} -> {target} ({endpoint}) {protocol}, tls={tls}, client_id={clientId}: "
             "{bytesIn} bytes in, {bytesOut} bytes out, {duration:.3f}s, error={error}",
             direction=self._target.direction,
             peer=_formatAddress(self._peer),
+            tls=self._tls,
+            clientId=self._clientId or "-",
             target=self._target.name,
             endpoint=None if self._endpoint is None else str(self._endpoint.address),
             protocol=self._protocol,

@@ -80,6 +80,35 @@ def run(argv: list[str], stdin: bytes | None = None, env: dict | None = None) ->
     return collector.ended.addCallback(lambda code: (code, bytes(collector.output)))
 
 
+async def serve(testCase, argv: list[str], port: int, timeout: float = 10.0) -> bytes:
+    """
+    Start a server process (C{openssl s_server}, say) that listens on
+    C{port} of 127.0.0.1, and wait until it accepts connections.  It is
+    stopped when the test ends.
+
+    @return: its output so far, a bytearray that keeps growing.
+    """
+    collector = _Collector()
+    process = reactor.spawnProcess(collector, argv[0], argv, env=os.environ)
+
+    def stop():
+        if not collector.ended.called:
+            process.signalProcess(signal.SIGTERM)
+        return collector.ended
+
+    testCase.addCleanup(stop)
+    deadline = reactor.seconds() + timeout
+    while True:
+        if collector.ended.called:
+            raise AssertionError(f"{argv[0]} exited during start:\n{collector.output.decode(errors='replace')}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return collector.output
+        if reactor.seconds() > deadline:
+            raise AssertionError(f"{argv[0]} not listening on {port} after {timeout}s")
+        await deferLater(reactor, 0.05, lambda: None)
+
+
 async def get(url: str) -> tuple[int, bytes]:
     """
     GET C{url}: (status, body).
@@ -161,12 +190,13 @@ class Proxy:
 class Samples:
     """
     The samples of a Prometheus text exposition, to look values up by name
-    and labels.
+    and labels.  A label with an empty value is left out, as Prometheus
+    leaves it out: C{client_id=""} is no client_id.
     """
 
     def __init__(self, text: str) -> None:
         self._values = {
-            (sample.name, frozenset(sample.labels.items())): sample.value
+            (sample.name, frozenset((k, v) for k, v in sample.labels.items() if v)): sample.value
             for family in text_string_to_metric_families(text)
             for sample in family.samples
         }

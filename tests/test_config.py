@@ -12,6 +12,7 @@ from meshproxy.config import (
     ConfigError,
     Endpoint,
     Inbound,
+    Outbound,
     Upstream,
     load,
     parseAddress,
@@ -78,7 +79,11 @@ class AddressTests(SynchronousTestCase):
             self.assertRaises(ValueError, parseAddress, text)
 
 
-class LoadTests(SynchronousTestCase):
+class _ConfigFiles:
+    """
+    Write configuration files and collect their errors.
+    """
+
     def write(self, text, anchors=True):
         directory = FilePath(self.mktemp())
         directory.makedirs()
@@ -97,6 +102,8 @@ class LoadTests(SynchronousTestCase):
             self.assertTrue(line.startswith(prefix), line)
         return [line[len(prefix) :] for line in e.exception.errors]
 
+
+class LoadTests(_ConfigFiles, SynchronousTestCase):
     def test_valid(self):
         path = self.write(VALID)
         config = load(path.path)
@@ -215,7 +222,7 @@ class LoadTests(SynchronousTestCase):
     def test_noListeners(self):
         self.assertEqual(
             self.errors("[proxy]\n"),
-            ["inbound: no listeners: configure at least one [[inbound]] or [[upstreams]]"],
+            ["inbound: no listeners: configure at least one [[inbound]], [[upstreams]] or [outbound]"],
         )
 
     def test_boolIsNotAnInteger(self):
@@ -227,10 +234,15 @@ class LoadTests(SynchronousTestCase):
         self.assertEqual(len(errors), 1)
         self.assertTrue(errors[0].startswith("proxy.identity: expected a lower-case DNS name"), errors)
 
-    def test_outboundNotYet(self):
-        errors = self.errors(VALID + '[outbound]\nlisten = "tcp:4140"\n')
-        self.assertEqual(len(errors), 1)
-        self.assertTrue(errors[0].startswith("outbound: HTTP routing"), errors)
+    def test_outbound(self):
+        """
+        C{[outbound]} names the listener that routes HTTP by authority, and
+        is listener enough on its own.
+        """
+        config = load(self.write('[outbound]\nlisten = "tcp:4140"\n[proxy]\nresponse_timeout = "2s"\n'))
+        self.assertEqual(config.outbound, Outbound("tcp:4140"))
+        self.assertEqual(config.proxy.response_timeout, 2.0)
+        self.assertEqual(self.errors('[outbound]\nlisten = "tcp:4140"\nport = 1\n'), ["outbound.port: unknown key"])
 
     def test_notTOML(self):
         errors = self.errors("[proxy\n")
@@ -250,3 +262,96 @@ class LoadTests(SynchronousTestCase):
         """
         config = load(self.write(VALID.replace('"tcp:9001:interface=127.0.0.1"', '"systemd:domain=INET:index=0"')))
         self.assertEqual(config.upstreams[0].listen, "systemd:domain=INET:index=0")
+
+
+class IdentityConfigTests(_ConfigFiles, SynchronousTestCase):
+    """
+    The checks that tie C{[proxy] identity}, C{[identity]} and meshed
+    endpoints together, each naming its key.
+    """
+
+    LISTENER = '[[inbound]]\nlisten = "tcp:4143"\napp = "127.0.0.1:80"\n'
+    PROXY = '[proxy]\nidentity = "web.mesh.local"\ntrust_anchors = "ca.pem"\n'
+
+    def assertOneError(self, errors, prefix):
+        self.assertEqual(len(errors), 1, errors)
+        self.assertTrue(errors[0].startswith(prefix), errors)
+
+    def test_staticCertificate(self):
+        path = self.write(
+            self.PROXY + '[identity]\ncert_file = "ca.pem"\nkey_file = "ca.pem"\n' + self.LISTENER
+        )
+        config = load(path)
+        self.assertEqual((config.identity.cert_file, config.identity.key_file), (path.sibling("ca.pem"),) * 2)
+
+    def test_certWithoutKey(self):
+        errors = self.errors(self.PROXY + '[identity]\ncert_file = "ca.pem"\n' + self.LISTENER)
+        self.assertEqual(errors, ["identity.key_file: missing: cert_file needs key_file too"])
+
+    def test_keyWithoutCert(self):
+        errors = self.errors(self.PROXY + '[identity]\nkey_file = "ca.pem"\n' + self.LISTENER)
+        self.assertEqual(errors, ["identity.cert_file: missing: key_file needs cert_file too"])
+
+    def test_staticAndIssuer(self):
+        errors = self.errors(
+            self.PROXY + '[identity]\nissuer = "127.0.0.1:8443"\nissuer_identity = "identity.mesh.local"\ntoken_file = "ca.pem"\n'
+            'cert_file = "ca.pem"\nkey_file = "ca.pem"\n' + self.LISTENER
+        )
+        self.assertOneError(errors, "identity.cert_file: a static certificate and an issuer (issuer, issuer_identity, token_file)")
+
+    def test_identityNeedsAnchors(self):
+        errors = self.errors('[proxy]\nidentity = "web.mesh.local"\n' + self.LISTENER)
+        self.assertOneError(errors, "proxy.trust_anchors: missing")
+
+    def test_identityTableNeedsIdentity(self):
+        errors = self.errors('[identity]\ncert_file = "ca.pem"\nkey_file = "ca.pem"\n' + self.LISTENER)
+        self.assertEqual(errors, ["identity: this table certifies proxy.identity, which is not set"])
+
+    def test_meshedEndpointNeedsIdentity(self):
+        errors = self.errors(
+            '[[upstreams]]\nlisten = "tcp:9001"\nservice = "web"\n'
+            '[services.web]\nendpoints = [{ address = "10.0.0.5:4143", identity = "web.mesh.local" }]\n'
+        )
+        self.assertOneError(errors, "services.web.endpoints[0].identity: reaching an endpoint over mTLS")
+
+    PROXY = '[proxy]\nidentity = "web.mesh.local"\ntrust_anchors = "ca.pem"\n'
+
+    def test_issuer(self):
+        path = self.write(
+            self.PROXY + '[identity]\nissuer = "127.0.0.1:8443"\nissuer_identity = "identity.mesh.local"\n'
+            'token_file = "ca.pem"\n' + self.LISTENER
+        )
+        identity = load(path).identity
+        self.assertEqual(
+            (identity.issuer, identity.issuer_identity, identity.token_file),
+            (Address("127.0.0.1", 8443), "identity.mesh.local", path.sibling("ca.pem")),
+        )
+
+    def test_issuerNeedsIdentityAndToken(self):
+        """
+        An issuer without C{issuer_identity} or C{token_file} is an error
+        naming each missing key.
+        """
+        errors = self.errors(self.PROXY + '[identity]\nissuer = "127.0.0.1:8443"\n' + self.LISTENER)
+        self.assertEqual([error.split(": ")[0] for error in errors], ["identity.issuer_identity", "identity.token_file"])
+        self.assertIn("an issuer needs issuer, issuer_identity and token_file", errors[0])
+        errors = self.errors(self.PROXY + '[identity]\ntoken_file = "ca.pem"\n' + self.LISTENER)
+        self.assertEqual([error.split(": ")[0] for error in errors], ["identity.issuer", "identity.issuer_identity"])
+
+    def test_identityNeedsASource(self):
+        """
+        An C{[identity]} table with neither an issuer nor a static
+        certificate would leave the proxy never ready.
+        """
+        errors = self.errors(self.PROXY + "[identity]\n" + self.LISTENER)
+        self.assertEqual(
+            [error.split(": ")[0] for error in errors], ["identity.issuer", "identity.issuer_identity", "identity.token_file"]
+        )
+
+    def test_tokenFileMustExist(self):
+        errors = self.errors(
+            self.PROXY + '[identity]\nissuer = "127.0.0.1:8443"\nissuer_identity = "identity.mesh.local"\n'
+            'token_file = "join.token"\n' + self.LISTENER
+        )
+        self.assertEqual(len(errors), 1)
+        self.assertTrue(errors[0].startswith("identity.token_file: no such file"), errors)

@@ -179,7 +179,7 @@ class RelayTests(SynchronousTestCase):
         """
         One value of the relay's metrics, C{0} if never set.
         """
-        labels = dict(direction="outbound", peer=peer, target="web", tls="no_identity", **labels)
+        labels = dict(direction="outbound", peer=peer, target="web", tls="no_identity", client_id="", server_id="", **labels)
         return self.metrics.registry.get_sample_value(name, labels) or 0
 
     def test_interfaces(self):
@@ -257,6 +257,10 @@ class RelayTests(SynchronousTestCase):
         relay.readConnectionLost()
         self.assertTrue(server.writeClosed)
         self.assertFalse(server.disconnecting)
+        # The client produces nothing more for the endpoint; a paused
+        # producer would keep the endpoint's transport from shutting down.
+        self.assertIsNone(server.producer)
+        self.assertIs(self.client.producer, server)
         upstream.dataReceived(b"response")
         self.assertEqual(self.client.value(), b"response")
         self.assertFalse(self.client.writeClosed)
@@ -264,6 +268,9 @@ class RelayTests(SynchronousTestCase):
         upstream.readConnectionLost()
         self.assertTrue(self.client.disconnecting)
         self.assertTrue(server.disconnecting)
+        # A transport with a producer registered would not close.
+        self.assertIsNone(self.client.producer)
+        self.assertIsNone(server.producer)
 
     def test_halfCloseFromEndpoint(self):
         """
@@ -420,6 +427,21 @@ class RelayTests(SynchronousTestCase):
             self.assertEqual(self.sample("tcp_read_bytes_total", peer), read)
             self.assertEqual(self.sample("tcp_write_bytes_total", peer), wrote)
         self.assertEqual(self.balancer.picks[0].outcomes, [True])
+
+    def test_meshedEndpointLabels(self):
+        """
+        The connection to an endpoint with an identity, which the connector
+        reaches over mTLS, counts as C{tls="true"} with the endpoint's
+        identity as C{server_id}; the accepted side keeps its own labels.
+        """
+        meshed = Endpoint(Address("10.0.0.7", 4143), "web.prod.mesh.local")
+        self.accept(b"hi", balancer=_RecordingBalancer([meshed]))
+        self.connector.succeed()
+        dst = dict(
+            direction="outbound", peer="dst", target="web", tls="true", client_id="", server_id="web.prod.mesh.local"
+        )
+        self.assertEqual(self.metrics.registry.get_sample_value("tcp_open_total", dst), 1)
+        self.assertEqual(self.sample("tcp_open_total", "src"), 1)
 
     def test_oneLogLine(self):
         """
@@ -588,7 +610,7 @@ class LoopbackTests(TestCase):
             received, served, _ = results
             self.assertEqual(received, payload[::-1])
             self.assertEqual(served, payload)
-            labels = dict(direction="inbound", target="backend", tls="opaque")
+            labels = dict(direction="inbound", target="backend", tls="opaque", client_id="", server_id="")
             sample = metrics.registry.get_sample_value
             for peer in ("src", "dst"):
                 self.assertEqual(sample("tcp_open_connections", dict(labels, peer=peer)), 0)

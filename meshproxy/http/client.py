@@ -1,0 +1,269 @@
+# -*- test-case-name: tests.test_http_client -*-
+"""
+Connections to endpoints for HTTP/1.1: a pool of idle keep-alive
+connections per endpoint, and the protocol of one such connection.
+
+A request borrows a connection for exactly as long as its exchange lasts,
+so each request is balanced on its own while connections are still reused.
+The pool's duties are those that keep a reused connection from failing a
+request:
+
+  - An idle connection keeps reading.  An application that closes an idle
+    connection (its keep-alive timeout) is noticed when its FIN arrives and
+    the connection leaves the pool, so the next request does not meet it.
+  - Idle connections are closed after C{idleTimeout} (3 s, as
+    linkerd2-proxy), shorter than the keep-alive timeout of common servers
+    (5 s for Node.js and Go, 60-75 s for nginx and Apache), so the proxy,
+    not the application, nearly always closes first.
+  - The most recently used connection is reused first, so a burst's extra
+    connections age out instead of being kept warm in turn.
+
+The race that remains, an application closing a connection just as a
+request is written to it, is for the server to retry (see
+L{meshproxy.http.server}).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer, IReactorTime
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from ..config import Endpoint
+from ..endpoint import IConnector
+from .h1 import DATA, END, ERROR, HEAD, INFORMATIONAL, ResponseReader
+
+__all__ = ["ConnectionPool", "UpstreamConnection"]
+
+
+@implementer(IHalfCloseableProtocol, IPushProducer)
+class UpstreamConnection(Protocol):
+    """
+    One HTTP/1.1 connection to an endpoint.
+
+    While a request uses it, every response event goes to that request's
+    owner (the server protocol), by method call and without allocation.
+    After a 101 or a C{CONNECT} it becomes a byte stream: every event goes
+    to the protocol it was handed to (L{handOver}).
+
+    It is its transport's streaming producer for its whole life, so a full
+    write buffer towards the endpoint (a request body faster than the
+    application reads it) pauses the owner's client, whoever the owner is
+    at the time.
+
+    @ivar endpoint: where it is connected.
+    @ivar idleSince: when it last went back to the pool, in pool clock
+        seconds.
+    @ivar lost: whether the connection is closed.
+    @ivar _owner: the server protocol of the request using it, or L{None}
+        while idle.
+    @ivar _reader: parses its responses.
+    @ivar _next: the protocol it was handed over to, or L{None}.
+    """
+
+    def __init__(self, pool: ConnectionPool, endpoint: Endpoint) -> None:
+        self._pool = pool
+        self.endpoint = endpoint
+        self.idleSince = 0.0
+        self.lost = False
+        self._owner = None
+        self._reader = ResponseReader()
+        self._next = None
+
+    def connectionMade(self) -> None:
+        self.transport.registerProducer(self, True)
+
+    def attach(self, owner, bodiless: bool) -> None:
+        """
+        Lend the connection to C{owner} for one exchange.
+
+        @param bodiless: whether the request is a C{HEAD}, whose response
+            has no body whatever its header says.
+        """
+        self._owner = owner
+        if bodiless:
+            self._reader.expectBodiless()
+
+    def detach(self) -> None:
+        """
+        The exchange is over: stop sending its owner events.
+        """
+        self._owner = None
+
+    def handOver(self, protocol) -> None:
+        """
+        Make the connection a byte stream served by C{protocol}, which gets
+        C{makeConnection} with this transport and every later event.
+        """
+        self._owner = None
+        self.transport.unregisterProducer()
+        self._next = protocol
+        protocol.makeConnection(self.transport)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._next is not None:
+            self._next.dataReceived(data)
+            return
+        if self._owner is None:
+            # Bytes nobody asked for: the connection cannot be trusted with
+            # a request.
+            self.transport.loseConnection()
+            return
+        for kind, value in self._reader.feed(data):
+            owner = self._owner
+            if owner is None:
+                # The response ended and more followed it.
+                self._pool.discard(self)
+                self.transport.loseConnection()
+                return
+            if kind is DATA:
+                owner.responseData(value)
+            elif kind is HEAD:
+                owner.responseHead(value)
+            elif kind is END:
+                owner.responseEnd()
+            elif kind is INFORMATIONAL:
+                owner.responseInformational(value)
+            elif kind is ERROR:
+                owner.responseFailed(value.reason)
+            else:
+                owner.responseUpgraded(value)
+                return
+
+    def readConnectionLost(self) -> None:
+        if self._next is not None:
+            self._next.readConnectionLost()
+        else:
+            # An HTTP endpoint that stops sending is done with the
+            # connection; a response running to the close ends in
+            # connectionLost.
+            self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        if self._next is not None:
+            self._next.writeConnectionLost()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.lost = True
+        if self._next is not None:
+            self._next.connectionLost(reason)
+            return
+        owner, self._owner = self._owner, None
+        if owner is None:
+            self._pool.discard(self)
+        else:
+            owner.upstreamLost(reason)
+
+    # IPushProducer, for the transport to the endpoint.
+
+    def pauseProducing(self) -> None:
+        if self._owner is not None:
+            self._owner.upstreamThrottled(True)
+
+    def resumeProducing(self) -> None:
+        if self._owner is not None:
+            self._owner.upstreamThrottled(False)
+
+    def stopProducing(self) -> None:
+        """
+        The connection is closing; L{connectionLost} follows.
+        """
+
+
+class _ConnectionFactory(Factory):
+    """
+    Builds the L{UpstreamConnection} of one new connection.
+    """
+
+    noisy = False
+
+    def __init__(self, pool: ConnectionPool, endpoint: Endpoint) -> None:
+        self._pool = pool
+        self._endpoint = endpoint
+
+    def buildProtocol(self, addr) -> UpstreamConnection:
+        return UpstreamConnection(self._pool, self._endpoint)
+
+
+class ConnectionPool:
+    """
+    Idle HTTP/1.1 connections, by endpoint, shared by every route of a
+    proxy.
+
+    One timer serves the whole pool: it fires when the oldest idle
+    connection expires and is set again for the next oldest, rather than a
+    timer per connection set and cancelled on every request.
+
+    @ivar _connector: opens new connections (plain TCP or mTLS).
+    @ivar _clock: times idleness.
+    @ivar _idleTimeout: seconds an idle connection is kept.
+    @ivar _idle: idle connections by endpoint, oldest first.
+    @ivar _sweep: the pending expiry timer, or L{None}.
+    """
+
+    def __init__(self, connector: IConnector, clock: IReactorTime, idleTimeout: float = 3.0) -> None:
+        self._connector = connector
+        self._clock = clock
+        self._idleTimeout = idleTimeout
+        self._idle: dict[Endpoint, deque[UpstreamConnection]] = {}
+        self._sweep = None
+
+    def idle(self, endpoint: Endpoint) -> UpstreamConnection | None:
+        """
+        Take the most recently used idle connection to C{endpoint}, if any.
+        """
+        connections = self._idle.get(endpoint)
+        if connections:
+            return connections.pop()
+        return None
+
+    def connect(self, endpoint: Endpoint) -> Deferred[UpstreamConnection]:
+        """
+        Open a new connection to C{endpoint}; it joins the pool only when
+        L{release}d.
+        """
+        return self._connector.connect(endpoint, _ConnectionFactory(self, endpoint))
+
+    def release(self, connection: UpstreamConnection) -> None:
+        """
+        An exchange is over and the connection may carry another.
+        """
+        connection.detach()
+        connection.idleSince = self._clock.seconds()
+        connections = self._idle.get(connection.endpoint)
+        if connections is None:
+            connections = self._idle[connection.endpoint] = deque()
+        connections.append(connection)
+        if self._sweep is None:
+            self._sweep = self._clock.callLater(self._idleTimeout, self._expire)
+
+    def discard(self, connection: UpstreamConnection) -> None:
+        """
+        Forget a connection that closed or misbehaved while idle.
+        """
+        connections = self._idle.get(connection.endpoint)
+        if connections and connection in connections:
+            connections.remove(connection)
+
+    def _expire(self) -> None:
+        """
+        Close the connections idle for too long; wake again for the next.
+        """
+        self._sweep = None
+        now = self._clock.seconds()
+        deadline = now - self._idleTimeout
+        oldest = None
+        for endpoint, connections in list(self._idle.items()):
+            while connections and connections[0].idleSince <= deadline:
+                connections.popleft().transport.loseConnection()
+            if connections:
+                first = connections[0].idleSince
+                oldest = first if oldest is None else min(oldest, first)
+            else:
+                del self._idle[endpoint]
+        if oldest is not None:
+            self._sweep = self._clock.callLater(oldest + self._idleTimeout - now, self._expire)
