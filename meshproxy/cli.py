@@ -10,8 +10,10 @@ import time
 from twisted.python.filepath import FilePath
 
 from .config import ConfigError, load, parseDuration
+from .demo import demo as runDemo
 from .identity.ca import CAError, CertificateAuthority, initialize
 from .identity.tokens import mintToken
+from .top import top as runTop
 
 
 def check(arguments: argparse.Namespace) -> int:
@@ -78,6 +80,16 @@ def _duration(text: str) -> float:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="meshproxy",
@@ -102,6 +114,19 @@ def parser() -> argparse.ArgumentParser:
         "--ttl", type=_duration, default=3600.0, help="how long the token is valid, e.g. 10m, 1h (default: 1h)"
     )
     minting.set_defaults(run=caToken)
+    watching = commands.add_parser("top", help="a live per-endpoint view of a running proxy")
+    watching.add_argument("--admin", required=True, metavar="HOST:PORT", help="the proxy's admin listener")
+    watching.add_argument(
+        "--interval", type=_positive, default=1.0, help="seconds between scrapes (default: %(default)s)"
+    )
+    watching.add_argument("--once", action="store_true", help="print one table, over one interval, and exit")
+    watching.set_defaults(run=runTop)
+    demonstrating = commands.add_parser("demo", help="run a whole mesh on 127.0.0.1 and watch it balance")
+    demonstrating.add_argument("--duration", type=_positive, help="stop after this many seconds (default: at Ctrl-C)")
+    demonstrating.add_argument(
+        "--rate", type=_positive, default=100.0, help="requests per second sent through the mesh (default: %(default)s)"
+    )
+    demonstrating.set_defaults(run=runDemo)
     return top
 
 

@@ -28,6 +28,9 @@ __all__ = [
     "BALANCERS",
     "Config",
     "ConfigError",
+    "DNSDiscovery",
+    "EtcdDiscovery",
+    "FileDiscovery",
     "Endpoint",
     "Identity",
     "Inbound",
@@ -42,6 +45,8 @@ __all__ = [
     "parseAddress",
     "parseDuration",
     "readDocument",
+    "readEndpoint",
+    "readEndpoints",
 ]
 
 #: Balancer names a service may ask for.  The first is the default.
@@ -141,9 +146,55 @@ class Endpoint:
 
 
 @frozen
+class FileDiscovery:
+    """
+    Endpoints from a watched JSON file (C{discovery = { file = ... }}): a
+    list of endpoint objects with the keys of C{endpoints}.
+    """
+
+    path: FilePath
+
+
+@frozen
+class DNSDiscovery:
+    """
+    Endpoints from the DNS SRV records of C{name}, asked of C{nameserver}
+    (C{discovery = { dns_srv = ..., nameserver = ... }}).
+
+    @ivar identity: the identity of every endpoint, where C{{target}}
+        stands for the SRV target's name; or L{None} to read it from a TXT
+        record C{identity=NAME} at each target.
+    """
+
+    name: str
+    nameserver: Address
+    identity: str | None = None
+
+
+@frozen
+class EtcdDiscovery:
+    """
+    Endpoints from the keys under C{prefix} in etcd (C{discovery = { etcd =
+    ..., prefix = ... }}), one endpoint object as JSON per key.
+
+    @ivar urls: the client URLs of the etcd cluster's members, tried in
+        turn.
+    """
+
+    urls: tuple[str, ...]
+    prefix: str
+    username: str | None = None
+    password: str | None = None
+
+
+@frozen
 class Service:
     """
     A named set of endpoints and how to spread load over them.
+
+    @ivar endpoints: the static endpoints, empty if C{discovery} is set.
+    @ivar discovery: where the endpoints come from when they are not
+        static, or L{None}.
     """
 
     name: str
@@ -151,6 +202,7 @@ class Service:
     balancer: str = BALANCERS[0]
     authorities: tuple[str, ...] = ()
     opaque: bool = False
+    discovery: FileDiscovery | DNSDiscovery | EtcdDiscovery | None = None
 
 
 @frozen
@@ -196,6 +248,7 @@ class Proxy:
     connect_timeout: float = 1.0
     shutdown_grace: float = 30.0
     response_timeout: float = 30.0
+    discovery_timeout: float = 10.0
 
 
 @frozen
@@ -328,9 +381,12 @@ class Reader:
     its problems alike.
     """
 
-    def __init__(self, path: FilePath) -> None:
+    def __init__(self, path: FilePath, name: str | None = None) -> None:
+        """
+        @param name: names the source in messages, if not the file's path.
+        """
         self.path = path
-        self.name = path.path
+        self.name = path.path if name is None else name
         self.errors: list[str] = []
         #: Whether C{[proxy]} names an identity and trust anchors, without
         #: which endpoints with an identity cannot be reached; set by
@@ -410,6 +466,7 @@ class Reader:
             connect_timeout=table.convert("connect_timeout", parseDuration, defaults.connect_timeout),
             shutdown_grace=table.convert("shutdown_grace", parseDuration, defaults.shutdown_grace),
             response_timeout=table.convert("response_timeout", parseDuration, defaults.response_timeout),
+            discovery_timeout=table.convert("discovery_timeout", parseDuration, defaults.discovery_timeout),
         )
         keys = set(table.keys())
         if "identity" in keys and "trust_anchors" not in keys:
@@ -497,15 +554,11 @@ class Reader:
         if not all(isinstance(a, str) for a in authorities):
             table.error("authorities", f"expected a list of strings, got {authorities!r}")
         opaque = table.get("opaque", bool, "true or false", False)
-        endpoints = []
-        for index, item in enumerate(table.get("endpoints", list, "a list of endpoint tables", [], required=True)):
-            path = f"endpoints[{index}]"
-            if not isinstance(item, dict):
-                table.error(path, f"expected an endpoint table, got {item!r}")
-                continue
-            endpoint = self.endpoint(Table(self, table.path(path), item))
-            if endpoint is not None:
-                endpoints.append(endpoint)
+        discovery = self.discovery(table.table("discovery"))
+        if ("endpoints" in table.keys()) == ("discovery" in table.keys()):
+            table.error("endpoints", "expected either endpoints or discovery (exactly one source per service)")
+        items = table.get("endpoints", list, "a list of endpoint tables", [])
+        endpoints = self.endpoints(table.path("endpoints"), items)
         table.done()
         return Service(
             name=name,
@@ -513,7 +566,81 @@ class Reader:
             balancer=balancer,
             authorities=tuple(authorities),
             opaque=opaque,
+            discovery=discovery,
         )
+
+    def endpoints(self, path: str, items: list) -> list[Endpoint]:
+        """
+        The valid endpoints of a list of endpoint tables at C{path}.
+        """
+        endpoints = []
+        for index, item in enumerate(items):
+            itemPath = f"{path}[{index}]"
+            if not isinstance(item, dict):
+                self.errors.append(f"{self.name}: {itemPath}: expected an endpoint table, got {item!r}")
+                continue
+            endpoint = self.endpoint(Table(self, itemPath, item))
+            if endpoint is not None:
+                endpoints.append(endpoint)
+        return endpoints
+
+    def discovery(self, table: Table | None) -> FileDiscovery | DNSDiscovery | EtcdDiscovery | None:
+        """
+        The one live source of C{discovery}, keyed by C{file}, C{dns_srv}
+        or C{etcd}.
+        """
+        if table is None:
+            return None
+        sources = [key for key in ("file", "dns_srv", "etcd") if key in table.keys()]
+        if len(sources) != 1:
+            # No table.done(): the keys of several sources are not unknown.
+            table.error("file", f"expected exactly one of file, dns_srv or etcd, got {sources or 'none'}")
+            return None
+        if sources == ["file"]:
+            discovery = self._fileDiscovery(table)
+        elif sources == ["dns_srv"]:
+            discovery = self._dnsDiscovery(table)
+        else:
+            discovery = self._etcdDiscovery(table)
+        table.done()
+        return discovery
+
+    def _fileDiscovery(self, table: Table) -> FileDiscovery | None:
+        # The file need not exist yet: the resolver waits for it.
+        path = table.convert("file", self.relative)
+        return None if path is None else FileDiscovery(path)
+
+    def _dnsDiscovery(self, table: Table) -> DNSDiscovery | None:
+        name = table.convert("dns_srv", _parseDNSName, required=True)
+        nameserver = table.convert("nameserver", parseAddress, required=True)
+
+        def pattern(text: str) -> str:
+            if not isDNSName(text.replace("{target}", "target")):
+                raise ValueError(f"expected a DNS name in which {{target}} stands for the SRV target, got {text!r}")
+            if not self.mtls:
+                raise ValueError("reaching an endpoint over mTLS needs proxy.identity and proxy.trust_anchors")
+            return text
+
+        identity = table.convert("identity", pattern)
+        if name is None or nameserver is None:
+            return None
+        return DNSDiscovery(name, nameserver, identity)
+
+    def _etcdDiscovery(self, table: Table) -> EtcdDiscovery | None:
+        urls = table.get("etcd", (str, list), "a URL or a list of URLs", required=True)
+        urls = [urls] if isinstance(urls, str) else urls
+        if not urls or not all(isinstance(u, str) and u.startswith(("http://", "https://")) for u in urls):
+            table.error("etcd", f"expected http:// or https:// URLs of etcd members, got {urls!r}")
+        prefix = table.get("prefix", str, "a key prefix such as \"/meshproxy/services/web/\"", required=True)
+        if prefix == "":
+            table.error("prefix", "expected a non-empty key prefix: an empty one would read all of etcd")
+        username = table.get("username", str, "a string")
+        password = table.get("password", str, "a string")
+        if (username is None) != (password is None):
+            table.error("username", "expected username and password together, or neither")
+        if not prefix or not urls:
+            return None
+        return EtcdDiscovery(tuple(u.rstrip("/") for u in urls), prefix, username, password)
 
     def endpoint(self, table: Table) -> Endpoint | None:
         address = table.convert("address", parseAddress, required=True)
@@ -530,6 +657,72 @@ class Reader:
         if address is None:
             return None
         return Endpoint(address, identity, weight, tuple(sorted(labels.items())))
+
+
+def readEndpoint(source: str, data: Any, mtls: bool) -> Endpoint:
+    """
+    One endpoint object found by service discovery (an etcd key's value),
+    with the keys and checks of a service's C{endpoints}.
+
+    @param source: what to name in messages, as a file name is named.
+    @param data: the decoded object.
+    @param mtls: whether the proxy can reach endpoints with an identity.
+    @raise ConfigError: naming every problem.
+    """
+
+    def read(reader: Reader) -> Endpoint | None:
+        if isinstance(data, dict):
+            return reader.endpoint(Table(reader, "", data))
+        reader.errors.append(f"{source}: expected an endpoint object, got {data!r}")
+        return None
+
+    return _readDiscovered(source, mtls, read)
+
+
+def readEndpoints(source: str, data: Any, mtls: bool) -> tuple[Endpoint, ...]:
+    """
+    A list of endpoint objects found by service discovery (a watched file),
+    with the keys and checks of a service's C{endpoints}: all or nothing,
+    so that a half-written list never replaces a good one.
+
+    @param source: what to name in messages, as a file name is named.
+    @param data: the decoded list.
+    @param mtls: whether the proxy can reach endpoints with an identity.
+    @raise ConfigError: naming every problem.
+    """
+
+    def read(reader: Reader) -> tuple[Endpoint, ...]:
+        if isinstance(data, list):
+            return tuple(reader.endpoints("", data))
+        reader.errors.append(f"{source}: expected a list of endpoint objects, got {data!r}")
+        return ()
+
+    return _readDiscovered(source, mtls, read)
+
+
+def _readDiscovered(source: str, mtls: bool, read: Callable[[Reader], Any]) -> Any:
+    """
+    What C{read} makes of a discovered document with a L{Reader} that names
+    C{source} in its messages.
+
+    @raise ConfigError: if C{read} recorded any problem.
+    """
+    reader = Reader(FilePath("."), source)
+    reader.mtls = mtls
+    result = read(reader)
+    if reader.errors:
+        raise ConfigError(reader.errors)
+    return result
+
+
+def _parseDNSName(text: str) -> str:
+    """
+    An SRV owner name such as C{_web._tcp.mesh.local}: a DNS name whose
+    labels may start with an underscore.
+    """
+    if not isDNSName(text.replace("_", "x")):
+        raise ValueError(f"expected a DNS name such as \"_web._tcp.mesh.local\", got {text!r}")
+    return text
 
 
 def _parseListen(text: str) -> str:

@@ -153,6 +153,26 @@ class ProxyMetrics:
         self._refreshSucceeded = refreshes.labels("success").inc
         self._refreshFailed = refreshes.labels("failure").inc
         self._tcp: dict[tuple[str, ...], TCPMetrics] = {}
+        self.discoveryUpdates = Counter(
+            "discovery_updates",
+            "Changes to a service's endpoint set, by the source that found them.",
+            ("service", "source"),
+            registry=registry,
+        )
+        self.discoveryEndpoints = Gauge(
+            "discovery_endpoints", "Endpoints service discovery knows now.", ("service",), registry=registry
+        )
+
+    def discovered(self, service: str, source: str, endpoints: int) -> None:
+        """
+        Service discovery changed the endpoint set of C{service}, which now
+        holds C{endpoints} endpoints.  Rare enough to resolve the label
+        children at each call.
+
+        @param source: C{"static"}, C{"file"}, C{"dns"} or C{"etcd"}.
+        """
+        self.discoveryUpdates.labels(service, source).inc()
+        self.discoveryEndpoints.labels(service).set(endpoints)
 
     def tcp(
         self, direction: str, peer: str, target: str, tls: str, clientId: str = "", serverId: str = ""

@@ -10,8 +10,9 @@ from random import Random
 from twisted.application.service import MultiService
 
 from .admin import adminSite
-from .balance import BALANCERS, RoundRobin
+from .balance import BALANCERS, BalancerCollector, RoundRobin, Waiter
 from .config import Config, ConfigError, Endpoint
+from .discovery import discoveryService
 from .endpoint import MeshConnector
 from .identity.client import HTTPSCertifier, IdentityClient
 from .identity.store import IdentityError, IdentityStore, readAnchors, readCredentials
@@ -30,14 +31,17 @@ class ProxyService(MultiService):
     server.
 
     @ivar metrics: every metric of this proxy.
-    @ivar readiness: what C{/ready} waits for: every listener bound, and
-        the identity certificate if the proxy has an identity.
+    @ivar readiness: what C{/ready} waits for: every listener bound, the
+        identity certificate if the proxy has an identity, and each
+        service's first answer from discovery.
     @ivar identity: the proxy's credentials if it has an identity
         (C{[proxy] identity}), else L{None}.  A static certificate
         (C{[identity] cert_file}) is in it from the start; otherwise the
         renewal client fills it in with L{IdentityStore.update}.
+    @ivar balancers: the balancer of each configured service, by name,
+        shared by its listeners and its HTTP route.
     @ivar targets: the relay target of each configured service, by name;
-        upstream listeners of one service share its balancer.
+        its picker is the service's one L{Waiter}.
     """
 
     def __init__(self, config: Config, reactor, notifier: Notifier | None = None) -> None:
@@ -60,17 +64,31 @@ class ProxyService(MultiService):
         connector = MeshConnector(reactor, config.proxy.connect_timeout, tls)
 
         def target(name, direction, balancer):
-            return Target(name=name, direction=direction, balancer=balancer, connector=connector, metrics=self.metrics)
+            return Target(name, direction, Waiter(balancer, reactor), connector, self.metrics)
 
         def listen(description, factory):
             ListenerService(
                 reactor, description, factory, self.readiness.require(f"listener {description}")
             ).setServiceParent(self)
 
-        self.targets = {
-            name: target(name, "outbound", BALANCERS[service.balancer](service.endpoints))
+        self.balancers = {
+            name: BALANCERS[service.balancer](service.endpoints, reactor, Random())
             for name, service in config.services.items()
         }
+        self.metrics.registry.register(BalancerCollector(self.balancers))
+        # Each service's resolver keeps its balancer supplied with endpoints;
+        # static endpoints are one resolver among others.
+        for name, service in config.services.items():
+            discoveryService(
+                service,
+                self.balancers[name],
+                self.metrics,
+                self.readiness,
+                self.identity is not None,
+                reactor,
+                config.proxy.discovery_timeout,
+            ).setServiceParent(self)
+        self.targets = {name: target(name, "outbound", balancer) for name, balancer in self.balancers.items()}
         # HTTP requests are balanced one by one over a pool of connections
         # shared by every route; a route per service carries its metrics.
         pool = ConnectionPool(connector, reactor)
@@ -78,15 +96,17 @@ class ProxyService(MultiService):
         for name, service in config.services.items():
             authority = (service.authorities or (name,))[0]
             metrics = self.metrics.http("outbound", authority, "no_identity")
-            routes[name] = Route(name, authority, self.targets[name].balancer, metrics)
+            routes[name] = Route(name, authority, self.balancers[name], self.targets[name].picker, metrics)
 
-        def http(router):
-            context = ServerContext(router, pool, reactor, self.metrics, responseTimeout=config.proxy.response_timeout)
+        def http(router, target=""):
+            context = ServerContext(
+                router, pool, reactor, self.metrics, target=target, responseTimeout=config.proxy.response_timeout
+            )
             return lambda: HTTPServerProtocol(context)
 
         detectTimeout = config.proxy.detect_timeout
         for inbound in config.inbound:
-            app = target(str(inbound.app), "inbound", RoundRobin([Endpoint(inbound.app)]))
+            app = target(str(inbound.app), "inbound", RoundRobin([Endpoint(inbound.app)], reactor, Random()))
             listen(inbound.listen, relayFactory(app, reactor, self.metrics, detectTimeout, inbound.opaque, tls))
         for upstream in config.upstreams:
             service = config.services[upstream.service]
@@ -96,7 +116,7 @@ class ProxyService(MultiService):
                 self.metrics,
                 detectTimeout,
                 service.opaque,
-                http=http(OneRoute(routes[upstream.service])),
+                http=http(OneRoute(routes[upstream.service]), upstream.service),
             )
             listen(upstream.listen, factory)
         if config.outbound is not None:

@@ -30,14 +30,14 @@ from __future__ import annotations
 
 from attrs import frozen
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.error import ConnectionDone
+from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.interfaces import IHalfCloseableProtocol, IReactorTime
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from .balance import IBalancer
+from .balance import IPick, Waiter
 from .config import Address, Endpoint
 from .endpoint import IConnector
 from .metrics import ProxyMetrics, TCPMetrics
@@ -53,7 +53,10 @@ class Target:
     @ivar name: the service name or application address, the C{target}
         label of the metrics and the name in logs.
     @ivar direction: C{"inbound"} or C{"outbound"}.
-    @ivar balancer: chooses the endpoint of each connection.
+    @ivar picker: chooses the endpoint of each connection: anything with
+        C{pick(exclude) -> Deferred[IPick]}, normally the service's
+        L{Waiter}, which waits up to the failfast time while every endpoint
+        is ejected and then fails with L{NoEndpointsReady}.
     @ivar connector: opens the connection to that endpoint.
     @ivar metrics: where the relay counts connections and bytes.
     @ivar attempts: how many distinct endpoints a connection tries before
@@ -63,7 +66,7 @@ class Target:
 
     name: str
     direction: str
-    balancer: IBalancer
+    picker: Waiter
     connector: IConnector
     metrics: ProxyMetrics
     attempts: int = 3
@@ -257,21 +260,30 @@ class RelayProtocol(Protocol):
 
     def _connect(self) -> None:
         """
-        Try the next endpoint, or give up and close the accepted connection.
+        Pick an endpoint not tried yet, or give up and close the accepted
+        connection.
         """
-        pick = None
-        if len(self._tried) < self._target.attempts:
-            pick = self._target.balancer.pick(exclude=frozenset(self._tried))
-        if pick is None:
-            if self._error is None:
-                self._error = "no endpoint"
+        if len(self._tried) >= self._target.attempts:
             self.transport.loseConnection()
             return
+        self._connecting = self._target.picker.pick(frozenset(self._tried))
+        self._connecting.addCallbacks(self._picked, self._notPicked)
+
+    def _picked(self, pick: IPick) -> None:
         self._pick = pick
         self._endpoint = pick.endpoint
         self._tried.add(pick.endpoint)
         self._connecting = self._target.connector.connect(pick.endpoint, _UpstreamFactory(self))
         self._connecting.addCallbacks(self._connected, self._connectFailed)
+
+    def _notPicked(self, reason: Failure) -> None:
+        self._connecting = None
+        if self._srcLost:
+            # The client left while waiting for an endpoint.
+            return
+        if self._error is None:
+            self._error = str(reason.value)
+        self.transport.loseConnection()
 
     def _connectFailed(self, reason: Failure) -> None:
         self._connecting = None
@@ -281,7 +293,7 @@ class RelayProtocol(Protocol):
             # fault.
             pick.finished(True)
             return
-        pick.finished(False)
+        pick.finished(False, refused=reason.check(ConnectionRefusedError) is not None)
         self._error = f"connect: {reason.type.__name__}"
         self._connect()
 

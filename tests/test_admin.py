@@ -428,6 +428,7 @@ class PromtoolTests(TestCase):
         http.request()
         http.responded(200, 3.5)
         http.responded(502, 1200.0)
+        metrics.discovered("web", "etcd", 2)
         for family in metrics.registry.collect():
             self.assertTrue(
                 family.samples,

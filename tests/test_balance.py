@@ -316,7 +316,7 @@ class EjectionTests(SynchronousTestCase):
 
     def test_refusalEjectsAtOnce(self):
         fail(self.balancer, A, refused=True)
-        self.assertEqual(snapshot(self.balancer, A), EndpointSnapshot(A, 0, 0.030, True, False))
+        self.assertEqual(snapshot(self.balancer, A), EndpointSnapshot(A, 0, 0.030, True, False, 0, 1))
         self.assertEqual(self.picked(), {B})
 
     def test_singleProbe(self):
@@ -594,7 +594,7 @@ class UpdateTests(SynchronousTestCase):
                 before = balancer.snapshots()
                 balancer.update([C, B, A])
                 self.assertEqual(balancer.snapshots()[1:], before[::-1])
-                self.assertEqual(balancer.snapshots()[0], EndpointSnapshot(C, 0, 0.030, False, True))
+                self.assertEqual(balancer.snapshots()[0], EndpointSnapshot(C, 0, 0.030, False, True, 0, 0))
 
     def test_removedPicksFinish(self):
         """

@@ -42,6 +42,24 @@ class BalancerCollectorTests(SynchronousTestCase):
         self.assertEqual(self.value("balancer_endpoint_ejected", service="web", endpoint="b:80"), 1)
         self.assertEqual(self.value("balancer_endpoint_in_flight", service="db", endpoint="a:80"), 0)
 
+    def test_endpointRequests(self):
+        """
+        Each endpoint counts the requests it finished, by the outcome the
+        balancer was told; requests in flight are not counted yet.
+        """
+        for success in (True, True, False):
+            self.web.pick(exclude={B}).finished(success)
+        self.web.pick(exclude={B})
+        self.assertEqual(
+            self.value("balancer_endpoint_requests_total", service="web", endpoint="a:80", classification="success"), 2
+        )
+        self.assertEqual(
+            self.value("balancer_endpoint_requests_total", service="web", endpoint="a:80", classification="failure"), 1
+        )
+        self.assertEqual(
+            self.value("balancer_endpoint_requests_total", service="web", endpoint="b:80", classification="success"), 0
+        )
+
     def test_endpointCounts(self):
         fail(self.web, B, refused=True)
         self.assertEqual(self.value("balancer_endpoints", service="web", state="ready"), 1)

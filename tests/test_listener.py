@@ -8,7 +8,7 @@ from twisted.internet.address import IPv4Address
 from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
-from meshproxy.balance import RoundRobin
+from meshproxy.balance import RoundRobin, Waiter
 from meshproxy.config import Address, Endpoint
 from meshproxy.identity.store import IdentityStore
 from meshproxy.listener import relayFactory
@@ -37,7 +37,7 @@ class InboundTLSTests(SynchronousTestCase):
         """
         Connect C{client} to the inbound listener of the mesh's server.
         """
-        target = Target("127.0.0.1:8080", "inbound", RoundRobin([APP]), self.connector, self.metrics)
+        target = Target("127.0.0.1:8080", "inbound", Waiter(RoundRobin([APP], self.mesh.clock), self.mesh.clock), self.connector, self.metrics)
         factory = relayFactory(target, self.mesh.clock, self.metrics, 10, False, tls or self.mesh.server)
         return self.mesh.pump(factory.buildProtocol(IPv4Address("TCP", "10.0.0.9", 50000)), client)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import Deferred, fail, gatherResults, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.error import (
     ConnectionDone,
@@ -24,7 +24,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from meshproxy.balance import IBalancer, IPick, RoundRobin
+from meshproxy.balance import IPick, NoEndpointsReady, RoundRobin, Waiter
 from meshproxy.config import Address, Endpoint
 from meshproxy.endpoint import IConnector, TCPConnector
 from meshproxy.metrics import ProxyMetrics
@@ -78,15 +78,16 @@ class _RecordingPick:
     def responded(self):
         self.responses += 1
 
-    def finished(self, success):
+    def finished(self, success, refused=False):
         self.outcomes.append(success)
+        self.refused = refused
 
 
-@implementer(IBalancer)
-class _RecordingBalancer:
+class _RecordingPicker:
     """
-    Round robin that records every C{exclude} it is given and every pick it
-    makes.
+    A picker over round robin that records every C{exclude} it is given and
+    every pick it makes, and fails at once when no endpoint is left (as a
+    L{Waiter} does after the failfast time).
     """
 
     def __init__(self, endpoints):
@@ -101,10 +102,10 @@ class _RecordingBalancer:
         self.excluded.append(exclude)
         chosen = self._roundRobin.pick(exclude)
         if chosen is None:
-            return None
+            return fail(NoEndpointsReady())
         pick = _RecordingPick(chosen.endpoint)
         self.picks.append(pick)
-        return pick
+        return succeed(pick)
 
 
 @implementer(IConnector)
@@ -153,7 +154,7 @@ class RelayTests(SynchronousTestCase):
         self.clock.advance(1000)
         self.metrics = ProxyMetrics()
         self.connector = _FakeConnector()
-        self.balancer = _RecordingBalancer(ENDPOINTS)
+        self.balancer = _RecordingPicker(ENDPOINTS)
         self.client = _TCPTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 50000))
 
     def accept(self, detected=b"", attempts=3, balancer=None):
@@ -164,7 +165,7 @@ class RelayTests(SynchronousTestCase):
         target = Target(
             name="web",
             direction="outbound",
-            balancer=self.balancer if balancer is None else balancer,
+            picker=self.balancer if balancer is None else balancer,
             connector=self.connector,
             metrics=self.metrics,
             attempts=attempts,
@@ -188,7 +189,7 @@ class RelayTests(SynchronousTestCase):
         L{IHalfCloseableProtocol}.
         """
         self.assertTrue(verifyObject(IConnector, TCPConnector(MemoryReactorClock(), 1.0)))
-        target = Target("web", "outbound", RoundRobin(), self.connector, self.metrics)
+        target = Target("web", "outbound", Waiter(RoundRobin(), self.clock), self.connector, self.metrics)
         relay = RelayProtocol(target, "opaque", "opaque", self.clock)
         self.assertTrue(verifyObject(IHalfCloseableProtocol, relay))
 
@@ -349,13 +350,13 @@ class RelayTests(SynchronousTestCase):
         """
         A target without endpoints closes the client's connection at once.
         """
-        relay = self.accept(balancer=_RecordingBalancer(()))
+        relay = self.accept(balancer=_RecordingPicker(()))
         self.assertTrue(self.client.disconnecting)
         self.assertEqual(self.connector.attempts, [])
         with capturedLogs() as events:
             relay.connectionLost(Failure(ConnectionDone()))
         [event] = events
-        self.assertEqual((event["error"], event["endpoint"]), ("no endpoint", None))
+        self.assertEqual((event["error"], event["endpoint"]), ("no endpoints ready", None))
 
     def test_clientGoneWhileConnecting(self):
         """
@@ -435,7 +436,7 @@ class RelayTests(SynchronousTestCase):
         identity as C{server_id}; the accepted side keeps its own labels.
         """
         meshed = Endpoint(Address("10.0.0.7", 4143), "web.prod.mesh.local")
-        self.accept(b"hi", balancer=_RecordingBalancer([meshed]))
+        self.accept(b"hi", balancer=_RecordingPicker([meshed]))
         self.connector.succeed()
         dst = dict(
             direction="outbound", peer="dst", target="web", tls="true", client_id="", server_id="web.prod.mesh.local"
@@ -594,7 +595,7 @@ class LoopbackTests(TestCase):
         target = Target(
             name="backend",
             direction="inbound",
-            balancer=RoundRobin([Endpoint(Address("127.0.0.1", backend.getHost().port))]),
+            picker=Waiter(RoundRobin([Endpoint(Address("127.0.0.1", backend.getHost().port))]), reactor),
             connector=TCPConnector(reactor, 5),
             metrics=metrics,
         )

@@ -1,9 +1,9 @@
 # -*- test-case-name: tests.test_balance_collector -*-
 """
-The balancers' per-endpoint gauges, read at scrape time.
+The balancers' per-endpoint gauges and counters, read at scrape time.
 
-Keeping a gauge child per endpoint up to date would cost a lock and a
-dictionary walk on every pick and every finish.  Instead this collector
+Keeping a gauge or counter child per endpoint up to date would cost a lock
+and a dictionary walk on every pick and every finish.  Instead this collector
 asks each balancer for its L{IBalancer.snapshots} when Prometheus scrapes,
 so the data path pays nothing and removed endpoints disappear from the
 next scrape by themselves.
@@ -11,7 +11,7 @@ next scrape by themselves.
 
 from collections.abc import Iterator, Mapping
 
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from ._interfaces import IBalancer
@@ -24,8 +24,16 @@ _ENDPOINT_LABELS = ["service", "endpoint"]
 class BalancerCollector(Collector):
     """
     Exports C{balancer_endpoint_in_flight},
-    C{balancer_endpoint_rtt_ewma_seconds}, C{balancer_endpoint_ejected} and
-    C{balancer_endpoints} for a set of balancers.
+    C{balancer_endpoint_rtt_ewma_seconds}, C{balancer_endpoint_ejected},
+    C{balancer_endpoint_requests_total} and C{balancer_endpoints} for a set
+    of balancers.
+
+    C{balancer_endpoint_requests_total} counts the requests (or, for opaque
+    services, connections) each endpoint finished, by the outcome the
+    balancer was told: C{classification="failure"} is a failed connect or a
+    broken exchange, not an HTTP error status, which the endpoint answered.
+    Its rate gives each endpoint's share of the traffic, which is what
+    C{meshproxy top} shows.
 
     @ivar _balancers: the balancer of each service, by service name; read
         at every scrape, so services added later to a live mapping are
@@ -47,6 +55,11 @@ class BalancerCollector(Collector):
         ejected = GaugeMetricFamily(
             "balancer_endpoint_ejected", "1 if the endpoint is out of rotation after failures.", labels=_ENDPOINT_LABELS
         )
+        finished = CounterMetricFamily(
+            "balancer_endpoint_requests",
+            "Requests or connections finished on the endpoint, by outcome.",
+            labels=[*_ENDPOINT_LABELS, "classification"],
+        )
         endpoints = GaugeMetricFamily(
             "balancer_endpoints", "Endpoints of the service, by whether they are ejected.", labels=["service", "state"]
         )
@@ -57,7 +70,9 @@ class BalancerCollector(Collector):
                 inFlight.add_metric(labels, snapshot.inFlight)
                 rtt.add_metric(labels, snapshot.rtt)
                 ejected.add_metric(labels, int(snapshot.ejected))
+                finished.add_metric([*labels, "success"], snapshot.succeeded)
+                finished.add_metric([*labels, "failure"], snapshot.failed)
                 count["ejected" if snapshot.ejected else "ready"] += 1
             for state, n in count.items():
                 endpoints.add_metric([service, state], n)
-        yield from (inFlight, rtt, ejected, endpoints)
+        yield from (inFlight, rtt, ejected, finished, endpoints)

@@ -28,6 +28,7 @@ from __future__ import annotations
 from collections import deque
 
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer, IReactorTime
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
@@ -35,7 +36,8 @@ from zope.interface import implementer
 
 from ..config import Endpoint
 from ..endpoint import IConnector
-from .h1 import DATA, END, ERROR, HEAD, INFORMATIONAL, ResponseReader
+from ..metrics import TCPMetrics
+from .h1 import UPGRADE, ResponseReader
 
 __all__ = ["ConnectionPool", "UpstreamConnection"]
 
@@ -46,7 +48,8 @@ class UpstreamConnection(Protocol):
     One HTTP/1.1 connection to an endpoint.
 
     While a request uses it, every response event goes to that request's
-    owner (the server protocol), by method call and without allocation.
+    owner (the server protocol), by method call and without allocation:
+    the owner's C{responseEvents} are its handlers, indexed by event kind.
     After a 101 or a C{CONNECT} it becomes a byte stream: every event goes
     to the protocol it was handed to (L{handOver}).
 
@@ -56,25 +59,27 @@ class UpstreamConnection(Protocol):
     at the time.
 
     @ivar endpoint: where it is connected.
+    @ivar metrics: the L{TCPMetrics} it is counted in (C{peer="dst"}); the
+        protocol it is handed over to takes the account over.
     @ivar idleSince: when it last went back to the pool, in pool clock
         seconds.
-    @ivar lost: whether the connection is closed.
     @ivar _owner: the server protocol of the request using it, or L{None}
         while idle.
     @ivar _reader: parses its responses.
     @ivar _next: the protocol it was handed over to, or L{None}.
     """
 
-    def __init__(self, pool: ConnectionPool, endpoint: Endpoint) -> None:
+    def __init__(self, pool: ConnectionPool, endpoint: Endpoint, metrics: TCPMetrics) -> None:
         self._pool = pool
         self.endpoint = endpoint
+        self.metrics = metrics
         self.idleSince = 0.0
-        self.lost = False
         self._owner = None
         self._reader = ResponseReader()
         self._next = None
 
     def connectionMade(self) -> None:
+        self.metrics.opened()
         self.transport.registerProducer(self, True)
 
     def attach(self, owner, bodiless: bool) -> None:
@@ -94,6 +99,20 @@ class UpstreamConnection(Protocol):
         """
         self._owner = None
 
+    def write(self, data: bytes) -> None:
+        """
+        Send C{data} to the endpoint, counted.
+        """
+        self.metrics.wrote(len(data))
+        self.transport.write(data)
+
+    def writeSequence(self, data: list[bytes]) -> None:
+        """
+        Send the pieces of C{data} to the endpoint, counted.
+        """
+        self.metrics.wrote(sum(map(len, data)))
+        self.transport.writeSequence(data)
+
     def handOver(self, protocol) -> None:
         """
         Make the connection a byte stream served by C{protocol}, which gets
@@ -108,50 +127,56 @@ class UpstreamConnection(Protocol):
         if self._next is not None:
             self._next.dataReceived(data)
             return
-        if self._owner is None:
+        owner = self._owner
+        if owner is None:
             # Bytes nobody asked for: the connection cannot be trusted with
             # a request.
-            self.transport.loseConnection()
+            self.metrics.read(len(data))
+            self._drop()
             return
-        for kind, value in self._reader.feed(data):
-            owner = self._owner
-            if owner is None:
-                # The response ended and more followed it.
-                self._pool.discard(self)
-                self.transport.loseConnection()
+        events = self._reader.feed(data)
+        size = len(data)
+        if events and events[-1][0] is UPGRADE:
+            # What follows a 101 is the relay's to count.
+            size -= len(events[-1][1])
+        self.metrics.read(size)
+        handlers = owner.responseEvents
+        for kind, value in events:
+            if self._owner is not owner:
+                # The response ended (or failed) and more bytes followed it,
+                # which belong to no request: even a request that took the
+                # connection meanwhile must not read them as its response.
+                self._drop()
                 return
-            if kind is DATA:
-                owner.responseData(value)
-            elif kind is HEAD:
-                owner.responseHead(value)
-            elif kind is END:
-                owner.responseEnd()
-            elif kind is INFORMATIONAL:
-                owner.responseInformational(value)
-            elif kind is ERROR:
-                owner.responseFailed(value.reason)
-            else:
-                owner.responseUpgraded(value)
-                return
+            handlers[kind](value)
+
+    def _drop(self) -> None:
+        """
+        Close the connection, out of the pool at once so that no request
+        takes it while it closes.
+        """
+        self._pool.discard(self)
+        self.transport.loseConnection()
 
     def readConnectionLost(self) -> None:
         if self._next is not None:
             self._next.readConnectionLost()
         else:
             # An HTTP endpoint that stops sending is done with the
-            # connection; a response running to the close ends in
+            # connection (an idle one must leave the pool now, not when the
+            # close completes); a response running to the close ends in
             # connectionLost.
-            self.transport.loseConnection()
+            self._drop()
 
     def writeConnectionLost(self) -> None:
         if self._next is not None:
             self._next.writeConnectionLost()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self.lost = True
         if self._next is not None:
             self._next.connectionLost(reason)
             return
+        self.metrics.closed(reason.check(ConnectionDone) is not None)
         owner, self._owner = self._owner, None
         if owner is None:
             self._pool.discard(self)
@@ -181,12 +206,13 @@ class _ConnectionFactory(Factory):
 
     noisy = False
 
-    def __init__(self, pool: ConnectionPool, endpoint: Endpoint) -> None:
+    def __init__(self, pool: ConnectionPool, endpoint: Endpoint, metrics: TCPMetrics) -> None:
         self._pool = pool
         self._endpoint = endpoint
+        self._metrics = metrics
 
     def buildProtocol(self, addr) -> UpstreamConnection:
-        return UpstreamConnection(self._pool, self._endpoint)
+        return UpstreamConnection(self._pool, self._endpoint, self._metrics)
 
 
 class ConnectionPool:
@@ -221,12 +247,14 @@ class ConnectionPool:
             return connections.pop()
         return None
 
-    def connect(self, endpoint: Endpoint) -> Deferred[UpstreamConnection]:
+    def connect(self, endpoint: Endpoint, metrics: TCPMetrics) -> Deferred[UpstreamConnection]:
         """
         Open a new connection to C{endpoint}; it joins the pool only when
         L{release}d.
+
+        @param metrics: where the connection is counted.
         """
-        return self._connector.connect(endpoint, _ConnectionFactory(self, endpoint))
+        return self._connector.connect(endpoint, _ConnectionFactory(self, endpoint, metrics))
 
     def release(self, connection: UpstreamConnection) -> None:
         """

@@ -32,6 +32,7 @@ events of the complete requests before it are not lost.
 
 from __future__ import annotations
 
+from attrs import define
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser, HttpResponseParser
 
 __all__ = [
@@ -86,6 +87,7 @@ class ProtocolError(Exception):
         self.reason = reason
 
 
+@define(eq=False)
 class RequestHead:
     """
     A request line and header section, checked and stripped of hop-by-hop
@@ -105,23 +107,18 @@ class RequestHead:
     @ivar upgrade: the C{Upgrade} value of an upgrade request, else L{None}.
     """
 
-    __slots__ = ("method", "target", "version", "headers", "host", "keepAlive", "contentLength", "chunked", "upgrade")
-
-    def __init__(self, method, target, version, headers, host=None, keepAlive=True, contentLength=None, chunked=False, upgrade=None):
-        self.method = method
-        self.target = target
-        self.version = version
-        self.headers = headers
-        self.host = host
-        self.keepAlive = keepAlive
-        self.contentLength = contentLength
-        self.chunked = chunked
-        self.upgrade = upgrade
-
-    def __repr__(self) -> str:
-        return f"<RequestHead {self.method!r} {self.target!r} HTTP/{self.version.decode()}>"
+    method: bytes
+    target: bytes
+    version: bytes
+    headers: list[tuple[bytes, bytes]]
+    host: bytes | None = None
+    keepAlive: bool = True
+    contentLength: int | None = None
+    chunked: bool = False
+    upgrade: bytes | None = None
 
 
+@define(eq=False)
 class ResponseHead:
     """
     A status line and header section, stripped of hop-by-hop fields.
@@ -136,19 +133,13 @@ class ResponseHead:
     @ivar upgrade: the C{Upgrade} value of a 101, else L{None}.
     """
 
-    __slots__ = ("status", "reason", "headers", "keepAlive", "contentLength", "chunked", "upgrade")
-
-    def __init__(self, status, reason, headers, keepAlive=True, contentLength=None, chunked=False, upgrade=None):
-        self.status = status
-        self.reason = reason
-        self.headers = headers
-        self.keepAlive = keepAlive
-        self.contentLength = contentLength
-        self.chunked = chunked
-        self.upgrade = upgrade
-
-    def __repr__(self) -> str:
-        return f"<ResponseHead {self.status} {self.reason!r}>"
+    status: int
+    reason: bytes
+    headers: list[tuple[bytes, bytes]]
+    keepAlive: bool = True
+    contentLength: int | None = None
+    chunked: bool = False
+    upgrade: bytes | None = None
 
 
 class _Framing:

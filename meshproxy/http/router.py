@@ -30,6 +30,9 @@ class Route:
     @ivar service: the service name, for logs.
     @ivar authority: the C{authority} label of the route's metrics.
     @ivar balancer: the service's L{meshproxy.balance.IBalancer}.
+    @ivar waiter: the L{meshproxy.balance.Waiter} of that balancer, which a
+        request asks only when the balancer has no usable endpoint, so that
+        the common case costs no L{Deferred}.
     @ivar metrics: the route's L{meshproxy.metrics.HTTPMetrics}, resolved
         once for all its requests.
     """
@@ -37,6 +40,7 @@ class Route:
     service: str
     authority: str
     balancer: object
+    waiter: object
     metrics: object
 
 

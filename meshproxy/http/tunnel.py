@@ -6,9 +6,11 @@ bytes, and the opaque TCP relay of L{meshproxy.tcp} takes them over.
 
 The relay normally picks an endpoint and connects to it itself.  Here the
 endpoint was picked and the connection made for the HTTP exchange, so the
-relay is given a balancer that returns that pick once and a connector that
-returns that connection, already open.  Backpressure, half-close, metrics
-and the log line are then the relay's, as for any opaque connection.
+relay is given a picker that returns that pick once, a connector that
+returns that connection, already open, and the TCP metrics both connections
+were counted in since they opened.  Backpressure, half-close, the closing
+of both accounts and the log line are then the relay's, as for any opaque
+connection.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from zope.interface import implementer
 
 from ..balance import IPick
 from ..endpoint import IConnector
-from ..metrics import ProxyMetrics
+from ..metrics import TCPMetrics
 from ..tcp import RelayProtocol, Target
 from .client import UpstreamConnection
 
@@ -44,21 +46,21 @@ class _Carried:
         already; the relay's "connected" is no new latency sample.
         """
 
-    def finished(self, success: bool) -> None:
-        self._pick.finished(success)
+    def finished(self, success: bool, refused: bool = False) -> None:
+        self._pick.finished(success, refused)
 
 
 class _Chosen:
     """
-    The balancer the relay asks: it hands out the exchange's pick, once.
+    The picker the relay asks: it hands out the exchange's pick, once.
     """
 
     def __init__(self, pick) -> None:
         self._pick = _Carried(pick)
 
-    def pick(self, exclude=frozenset()):
+    def pick(self, exclude=frozenset()) -> Deferred:
         pick, self._pick = self._pick, None
-        return pick
+        return succeed(pick)
 
 
 @implementer(IConnector)
@@ -77,13 +79,45 @@ class _Handover:
         return succeed(protocol)
 
 
+class _Continued:
+    """
+    The TCP counters of a connection that was counted open before the relay
+    took it over: the relay's C{opened} is not a second connection.
+    """
+
+    def __init__(self, metrics: TCPMetrics) -> None:
+        self.read = metrics.read
+        self.wrote = metrics.wrote
+        self.closed = metrics.closed
+
+    def opened(self) -> None:
+        """
+        The connection was counted when it was accepted or made.
+        """
+
+
+class _Accounts:
+    """
+    What the relay asks for its metrics: the accounts the HTTP exchange
+    opened, whatever labels the relay would give them (an outbound
+    listener's connections, for one, have no single target).
+    """
+
+    def __init__(self, src: TCPMetrics, dst: TCPMetrics) -> None:
+        self._src = _Continued(src)
+        self._dst = _Continued(dst)
+
+    def tcp(self, direction: str, peer: str, *labels: str) -> _Continued:
+        return self._src if peer == "src" else self._dst
+
+
 def tunnel(
     connection: UpstreamConnection,
     pick,
     service: str,
     direction: str,
     tls: str,
-    metrics: ProxyMetrics,
+    src: TCPMetrics,
     clock: IReactorTime,
     protocol: str,
 ) -> RelayProtocol:
@@ -94,15 +128,16 @@ def tunnel(
     the bytes that followed the request.
 
     @param pick: the exchange's L{IPick}, finished when the tunnel closes.
+    @param src: the metrics the accepted connection is counted in.
     @param protocol: what the log line calls the tunnel, such as
         C{"websocket"} or C{"connect"}.
     """
     target = Target(
         name=service,
         direction=direction,
-        balancer=_Chosen(pick),
+        picker=_Chosen(pick),
         connector=_Handover(connection),
-        metrics=metrics,
+        metrics=_Accounts(src, connection.metrics),
         attempts=1,
     )
     return RelayProtocol(target, tls, protocol, clock)
