@@ -9,7 +9,8 @@ The machine is shared and noisy, so read the ratios, not the absolute
 figures: every subject runs in the same minute on the same cores.  wrk and
 nginx share one core and the proxy under test gets the other (C{taskset}),
 so the proxy's CPU per request is its own.  Two response sizes: a small one
-(requests/s, latency) and 256 KiB (MB/s).
+(requests/s, latency) and 256 KiB (MB/s).  The helpers are in
+C{benchmarks/_harness.py}.
 
 Needs: apt-get install -y wrk nginx-light haproxy
 """
@@ -17,229 +18,15 @@ Needs: apt-get install -y wrk nginx-light haproxy
 from __future__ import annotations
 
 import argparse
-import os
-import re
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
-import time
-import urllib.request
-from pathlib import Path
 
-TOOLS = {"wrk": "wrk", "nginx": "nginx-light", "haproxy": "haproxy", "taskset": "util-linux"}
-LOAD_CPU, PROXY_CPU = "0", "1"
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def freePort() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def waitForPort(port: int, process: subprocess.Popen, timeout: float = 10.0) -> None:
-    """
-    Wait until something accepts on C{port}, or fail if C{process} died.
-    """
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"{process.args[0]} exited with {process.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"nothing listens on {port} after {timeout}s")
-
-
-def cpuSeconds(pid: int) -> float:
-    """
-    User plus system CPU time of a process, from /proc.
-    """
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
-
-
-def rssMB(pid: int) -> float:
-    status = Path(f"/proc/{pid}/status").read_text()
-    return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) / 1024
-
-
-def nginx(directory: Path, port: int) -> subprocess.Popen:
-    # nginx's worker drops root for "nobody", who must read the files.
-    directory.chmod(0o755)
-    (directory / "www").mkdir()
-    (directory / "www" / "small").write_bytes(b"ok\n")
-    (directory / "www" / "large").write_bytes(os.urandom(256 * 1024))
-    conf = directory / "nginx.conf"
-    conf.write_text(
-        f"""
-worker_processes 1;
-daemon off;
-pid {directory}/nginx.pid;
-error_log {directory}/nginx.err warn;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off;
-  keepalive_requests 1000000;
-  server {{
-    listen 127.0.0.1:{port} reuseport;
-    root {directory}/www;
-  }}
-}}
-"""
-    )
-    return subprocess.Popen(["taskset", "-c", LOAD_CPU, "nginx", "-c", str(conf), "-e", str(directory / "nginx.err")])
-
-
-def haproxy(directory: Path, port: int, backend: int, mode: str = "tcp") -> subprocess.Popen:
-    conf = directory / f"haproxy-{mode}.cfg"
-    conf.write_text(
-        f"""
-global
-  nbthread 1
-  maxconn 4000
-defaults
-  mode {mode}
-  timeout connect 1s
-  timeout client 60s
-  timeout server 60s
-listen relay
-  bind 127.0.0.1:{port}
-  server backend 127.0.0.1:{backend}
-"""
-    )
-    return subprocess.Popen(["taskset", "-c", PROXY_CPU, "haproxy", "-db", "-f", str(conf)])
-
-
-def meshproxy(directory: Path, port: int, backend: int, opaque: bool = True) -> subprocess.Popen:
-    """
-    meshproxy with an upstream listener for the backend: relayed as TCP
-    when C{opaque}, else served by the HTTP path (a request at a time).
-    """
-    admin = freePort()
-    conf = directory / "meshproxy.toml"
-    conf.write_text(
-        f"""
-[admin]
-listen = "tcp:{admin}:interface=127.0.0.1"
-
-[[upstreams]]
-listen = "tcp:{port}:interface=127.0.0.1"
-service = "backend"
-
-[services.backend]
-opaque = {str(opaque).lower()}
-endpoints = [{{ address = "127.0.0.1:{backend}" }}]
-"""
-    )
-    twistd = Path(sys.executable).parent / "twistd"
-    process = subprocess.Popen(
-        ["taskset", "-c", PROXY_CPU, str(twistd), "-n", "--pidfile=", "--logfile", str(directory / "meshproxy.log"),
-         "meshproxy", "--config", str(conf)]
-    )
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        try:
-            if urllib.request.urlopen(f"http://127.0.0.1:{admin}/ready", timeout=1).status == 200:
-                return process
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit("meshproxy did not become ready")
-
-
-_SCALE = {"us": 1e-3, "ms": 1.0, "s": 1e3}
-_BYTES = {"B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3}
-
-
-def wrk(port: int, path: str, connections: int, duration: int) -> dict:
-    output = subprocess.run(
-        ["taskset", "-c", LOAD_CPU, "wrk", "--latency", "-t1", f"-c{connections}", f"-d{duration}s",
-         f"http://127.0.0.1:{port}/{path}"],
-        capture_output=True, text=True, check=True,
-    ).stdout
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", output)
-
-    def percentile(p: int) -> float:
-        value, unit = re.search(rf"\s{p}%\s+([\d.]+)(us|ms|s)", output).groups()
-        return float(value) * _SCALE[unit]
-
-    transfer = re.search(r"Transfer/sec:\s+([\d.]+)(B|KB|MB|GB)", output)
-    return {
-        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1)),
-        "requests": int(re.search(r"(\d+) requests in", output).group(1)),
-        "p50": percentile(50),
-        "p99": percentile(99),
-        "mbps": float(transfer.group(1)) * _BYTES[transfer.group(2)] / 1024**2,
-        "errors": errors.group(0) if errors else "",
-    }
-
-
-def measure(name: str, port: int, proxy: subprocess.Popen | None, args) -> list[dict]:
-    rows = []
-    for path in ("small", "large"):
-        # A short warm-up, so connection setup and first-use costs stay out.
-        wrk(port, path, args.connections, 1)
-        before = cpuSeconds(proxy.pid) if proxy else 0.0
-        row = wrk(port, path, args.connections, args.duration)
-        row["cpu"] = (cpuSeconds(proxy.pid) - before) / row["requests"] * 1e6 if proxy else None
-        row["rss"] = rssMB(proxy.pid) if proxy else None
-        row.update(subject=name, path=path)
-        rows.append(row)
-    return rows
-
-
-def table(rows: list[dict], reference: str = "haproxy tcp") -> str:
-    base = {row["path"]: row for row in rows if row["subject"] == "direct"}
-    haproxy = {row["path"]: row for row in rows if row["subject"] == reference}
-    lines = [
-        f"{'subject':<14} {'response':<8} {'req/s':>9} {'MB/s':>8} {'p50 ms':>7} {'p99 ms':>7} "
-        f"{'vs direct':>9} {'vs haproxy':>10} {'CPU us/req':>10} {'RSS MB':>7}  errors"
-    ]
-    for row in rows:
-        path = row["path"]
-        lines.append(
-            f"{row['subject']:<14} {path:<8} {row['rps']:>9.0f} {row['mbps']:>8.1f} {row['p50']:>7.2f} {row['p99']:>7.2f} "
-            f"{row['rps'] / base[path]['rps']:>9.2f} {row['rps'] / haproxy[path]['rps']:>10.2f} "
-            f"{'-' if row['cpu'] is None else format(row['cpu'], '.1f'):>10} "
-            f"{'-' if row['rss'] is None else format(row['rss'], '.0f'):>7}  {row['errors']}"
-        )
-    return "\n".join(lines)
+from _harness import compareWithWrk
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=int, default=10, help="seconds of load per row")
     parser.add_argument("--connections", type=int, default=32)
-    args = parser.parse_args()
-    missing = [package for tool, package in TOOLS.items() if shutil.which(tool) is None]
-    if missing:
-        raise SystemExit(f"missing tools: apt-get install -y {' '.join(missing)}")
-    processes = []
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            directory = Path(tmp)
-            backend = freePort()
-            processes.append(nginx(directory, backend))
-            waitForPort(backend, processes[-1])
-            rows = measure("direct", backend, None, args)
-            port = freePort()
-            processes.append(haproxy(directory, port, backend))
-            waitForPort(port, processes[-1])
-            rows += measure("haproxy tcp", port, processes[-1], args)
-            port = freePort()
-            processes.append(meshproxy(directory, port, backend))
-            rows += measure("meshproxy", port, processes[-1], args)
-    finally:
-        for process in processes:
-            process.send_signal(signal.SIGTERM)
-            process.wait(timeout=10)
-    print(f"wrk -t1 -c{args.connections} -d{args.duration}s, HTTP/1.1 keep-alive; load and nginx on CPU {LOAD_CPU}, proxy on CPU {PROXY_CPU}")
-    print(table(rows))
+    compareWithWrk(parser.parse_args(), mode="tcp", subject="haproxy tcp")
 
 
 if __name__ == "__main__":
