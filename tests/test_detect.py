@@ -381,26 +381,47 @@ class PlaintextTests(SynchronousTestCase):
         Bytes stop being a request line as soon as they cannot become one.
         """
         for data in [
-            b"GET  ",
-            b"GET / HTTP/2",
-            b"GET / HTTP/1.1\n",
-            b"GET / HTTP/1.1 ",
             b"SSH-2.0-OpenSSH_9.2\r",
-            b"PRI * HTTP/2.0\r\n\r\nXX",
-            b"GET\t/",
+            b"GET/",
+            b"\r\r",
+            b"\nget / HTTP/1.1",
         ]:
             self.assertEqual(_classify(data), Opaque("no-match"), data)
+
+    def test_lenientRequestLines(self) -> None:
+        """
+        Anything that begins like an HTTP/1 request is HTTP/1 at the end of
+        its first line, however wrong the line: the strict parser then
+        refuses it with a 400, where an opaque relay would hand it to an
+        application that might parse it, forged headers and all.
+        """
+        for data, expected in [
+            (b"GET  / HTTP/1.1\r\n", HTTP1(b"GET", b"", b"/ HTTP/1.1")),
+            (b"GET / HTTP/2\r\n", HTTP1(b"GET", b"/", b"HTTP/2")),
+            (b"GET / HTTP/1.1\n", HTTP1(b"GET", b"/", b"HTTP/1.1")),
+            (b"GET / HTTP/1.1 \r\n", HTTP1(b"GET", b"/", b"HTTP/1.1 ")),
+            (b"\r\nGET / HTTP/1.1\r\n", HTTP1(b"GET", b"/", b"HTTP/1.1")),
+            (b"\n\nGET / HTTP/1.1\r\n", HTTP1(b"GET", b"/", b"HTTP/1.1")),
+            (b"GET\t/ HTTP/1.1\r\n", HTTP1(b"GET", b"/", b"HTTP/1.1")),
+        ]:
+            self.assertEverySplit(data, expected)
+        # Not quite the HTTP/2 preface.
+        self.assertEqual(
+            _classify(b"PRI * HTTP/2.0\r\n\r\nXX"), HTTP1(b"PRI", b"*", b"HTTP/2.0")
+        )
 
     def test_byteCap(self) -> None:
         """
         Reaching the byte cap without a verdict is opaque, even if the
-        request line would have completed later or within the same read.
+        bytes would have decided later or within the same read; but a
+        request line longer than the cap is HTTP/1, for the parser to
+        refuse with 414 rather than relay unchecked.
         """
         line = b"GET /" + b"a" * 100 + b" HTTP/1.1\r\n"
-        self.assertEqual(_classify(line, maxBytes=64), Opaque("byte-cap"))
-        self.assertEqual(
-            _classify(line[:63], line[63:], maxBytes=64), Opaque("byte-cap")
-        )
+        truncated = HTTP1(b"GET", line[4:64], b"")
+        self.assertEqual(_classify(line, maxBytes=64), truncated)
+        self.assertEqual(_classify(line[:63], line[63:], maxBytes=64), truncated)
+        self.assertEqual(_classify(b"A" * 100, maxBytes=64), Opaque("byte-cap"))
         self.assertEqual(_classify(_CURL[:100], maxBytes=100), Opaque("byte-cap"))
         self.assertEqual(
             _classify(line, maxBytes=len(line)),
@@ -409,13 +430,14 @@ class PlaintextTests(SynchronousTestCase):
 
     def test_timeout(self) -> None:
         """
-        On timeout, a request line missing only its CRLF is HTTP/1 and
-        anything else undecided is opaque.
+        On timeout, a request line begun is HTTP/1 and anything else
+        undecided is opaque.
         """
         for data, expected in [
             (b"GET / HTTP/1.1", HTTP1(b"GET", b"/", b"HTTP/1.1")),
             (b"GET / HTTP/1.0\r", HTTP1(b"GET", b"/", b"HTTP/1.0")),
-            (b"GET / HTTP/1.", Opaque("timeout")),
+            (b"GET / HTTP/1.", HTTP1(b"GET", b"/", b"HTTP/1.")),
+            (b"GET", Opaque("timeout")),
             (_OPENSSL[:-1], Opaque("timeout")),
             (_PREFACE[:10], Opaque("timeout")),
             (b"", Opaque("timeout")),

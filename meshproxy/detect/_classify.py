@@ -16,13 +16,20 @@ What the bytes may begin with:
 
     - C{0x16}, a TLS handshake record: parsed by L{ClientHelloParser}.
     - The 24-byte HTTP/2 preface, C{PRI * HTTP/2.0\\r\\n\\r\\nSM\\r\\n\\r\\n}.
-    - An HTTP/1 request line, C{method SP request-target SP HTTP/1.x CRLF}
-      (RFC 9112, section 3).  The method is a token starting with an
-      upper-case letter, as every registered method does, which rules out
-      most binary and lower-case text protocols on the first byte.  The
-      target is any run of visible characters, so the origin, absolute,
-      authority (C{CONNECT}) and asterisk forms are all accepted; the HTTP
-      parser that takes over validates it properly.
+    - An HTTP/1 request: optional empty lines (RFC 9112, section 2.2),
+      then a method, a token starting with an upper-case letter as every
+      registered method does, then a space or tab.  That rules out most
+      binary and lower-case text protocols on the first byte.
+
+Detection is lenient about HTTP/1 on purpose and the HTTP parser that takes
+over is strict.  Whatever an application might parse as an HTTP request must
+reach meshproxy's parser, which answers a bad request line with 400, an
+over-long one with 414, and strips headers such as C{meshproxy-client-id}
+that only the proxy may set.  Bytes relayed as opaque reach the application
+unchecked, so a request line that detection refused for a bare LF, an
+unknown version, an extra space or its sheer length would smuggle a forged
+header past the proxy.  The verdict therefore comes at the end of the first
+line (or at the byte cap, or the timeout) whatever the line holds.
 """
 
 from __future__ import annotations
@@ -37,25 +44,13 @@ __all__ = ["Classifier"]
 _TLS_RECORD = b"\x16"
 _PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
-_TOKEN_CHARS = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]"
-_VISIBLE_CHARS = rb"[\x21-\x7e]"
-_METHOD = rb"[A-Z]%s*" % (_TOKEN_CHARS,)
-_TARGET = rb"%s+" % (_VISIBLE_CHARS,)
-_REQUEST_LINE_START = rb"(%s) (%s) (HTTP/1\.[01])" % (_METHOD, _TARGET)
-_REQUEST_LINE = re.compile(_REQUEST_LINE_START + rb"\r\n")
-_UNTERMINATED_REQUEST_LINE = re.compile(_REQUEST_LINE_START)
-# Method, then optionally SP and a target, then optionally SP and whatever
-# follows, which must be a prefix of the version and CRLF.
-_REQUEST_LINE_PREFIX = re.compile(
-    rb"%s(?: (?:%s(?: (.*))?)?)?" % (_METHOD, _TARGET), re.DOTALL
-)
-_VERSIONS = (b"HTTP/1.1\r\n", b"HTTP/1.0\r\n")
-# By how many spaces a request line has so far: the bytes that keep it in
-# its method or its target without deciding anything.
-_UNDECIDING = {
-    0: re.compile(rb"%s*" % (_TOKEN_CHARS,)),
-    1: re.compile(rb"%s*" % (_VISIBLE_CHARS,)),
-}
+_METHOD_CHARS = rb"!#$%&'*+\-.^_`|~0-9A-Za-z"
+# Leading empty lines, then a method and its separator.
+_REQUEST_START = re.compile(rb"(?:\r?\n)*([A-Z][%s]*)[ \t]" % (_METHOD_CHARS,))
+# What may still become a request start: empty lines, then a method.
+_REQUEST_START_PREFIX = re.compile(rb"(?:\r?\n)*\r?(?:[A-Z][%s]*)?" % (_METHOD_CHARS,))
+# The request line's parts, as far as they go, for the verdict.
+_REQUEST_LINE = re.compile(rb"([^ \t\r\n]*)[ \t]*([^\r\n]*)")
 
 
 class Classifier:
@@ -65,8 +60,8 @@ class Classifier:
     @ivar _maxBytes: The byte cap: how many bytes to examine at most.
     @ivar _buffer: Every byte fed so far.
     @ivar _tls: The ClientHello parser, once the first byte says TLS.
-    @ivar _requestLine: Whether the bytes examined so far are the start of
-        a request line.
+    @ivar _requestLine: Where the request line's method ends, once the
+        bytes examined are the start of an HTTP/1 request; L{None} before.
     """
 
     def __init__(self, maxBytes: int = 8192) -> None:
@@ -77,7 +72,7 @@ class Classifier:
         self._maxBytes = maxBytes
         self._buffer = bytearray()
         self._tls: ClientHelloParser | None = None
-        self._requestLine = False
+        self._requestLine: re.Match | None = None
 
     @property
     def buffered(self) -> bytes:
@@ -98,6 +93,9 @@ class Classifier:
         head = self._buffer[: self._maxBytes]
         verdict = self._classify(head, head[examined:])
         if verdict is None and len(head) == self._maxBytes:
+            if self._requestLine is not None:
+                # A request line too long to examine: the parser answers 414.
+                return self._request(head)
             return Opaque("byte-cap")
         return verdict
 
@@ -105,10 +103,11 @@ class Classifier:
         """
         The detect timeout has expired.
 
-        @return: L{HTTP1} if the bytes are a request line missing only its
-            CRLF, as from a client that writes the line and its ending
-            separately; otherwise L{Opaque}, for a server-speaks-first
-            protocol or a client that stalled.
+        @return: L{HTTP1} if the bytes begin a request line, as from a client
+            that writes the line and its ending separately (the HTTP server
+            then waits for the rest as for any slow client); otherwise
+            L{Opaque}, for a server-speaks-first protocol or a client that
+            stalled.
         """
         return self._undecided("timeout")
 
@@ -121,10 +120,18 @@ class Classifier:
         return self._undecided("closed")
 
     def _undecided(self, reason: str) -> Verdict:
-        line = _UNTERMINATED_REQUEST_LINE.match(self._buffer, 0, self._maxBytes)
-        if line is None:
+        if self._requestLine is None:
             return Opaque(reason)
-        return HTTP1(*line.groups())
+        return self._request(self._buffer[: self._maxBytes])
+
+    def _request(self, head: bytearray) -> HTTP1:
+        """
+        The verdict for an HTTP/1 request starting C{head}: its method, and
+        its target and version as far as the first line holds them.
+        """
+        start = self._requestLine
+        target, version = _REQUEST_LINE.match(head, start.end()).groups()
+        return HTTP1(bytes(start[1]), bytes(target), bytes(version))
 
     def _classify(self, head: bytearray, new: bytearray) -> Verdict | None:
         """
@@ -143,20 +150,16 @@ class Classifier:
         if _PREFACE.startswith(head):
             # Including no bytes at all.
             return None
-        if self._requestLine:
-            # A client may trickle a long target a byte at a time; matching
-            # the whole line again on each read would cost quadratic time,
-            # so bytes that cannot decide anything are let through at once.
-            undeciding = _UNDECIDING.get(head.count(b" "))
-            if undeciding is not None and undeciding.fullmatch(new):
-                return None
-        line = _REQUEST_LINE.match(head)
-        if line is not None:
-            return HTTP1(*line.groups())
-        prefix = _REQUEST_LINE_PREFIX.fullmatch(head)
-        if prefix is not None:
-            rest = prefix[1] or b""
-            if any(version.startswith(rest) for version in _VERSIONS):
-                self._requestLine = True
-                return None
-        return Opaque("no-match")
+        if self._requestLine is None:
+            self._requestLine = _REQUEST_START.match(head)
+            if self._requestLine is None:
+                if _REQUEST_START_PREFIX.fullmatch(head):
+                    return None
+                return Opaque("no-match")
+            new = head[self._requestLine.end() :]
+        # Only the new bytes are searched for the line's end, so a client
+        # trickling a long target costs linear time, not quadratic.
+        if b"\n" in new:
+            return self._request(head)
+        return None
+
