@@ -25,7 +25,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 #: The Debian package of each command a benchmark may need.
-PACKAGES = {"wrk": "wrk", "nginx": "nginx-light", "haproxy": "haproxy", "taskset": "util-linux"}
+PACKAGES = {
+    "wrk": "wrk",
+    "nginx": "nginx-light",
+    "haproxy": "haproxy",
+    "taskset": "util-linux",
+    "h2load": "nghttp2-client",
+}
 LOAD_CPU, PROXY_CPU = "0", "1"
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -114,7 +120,38 @@ def rssMB(pid: int) -> float:
     return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) / 1024
 
 
-def nginx(directory: Path, port: int) -> subprocess.Popen:
+def family(pid: int) -> list[int]:
+    """
+    C{pid} and its descendants (a meshproxy with workers is a parent and
+    its worker processes), from C{/proc}.
+    """
+    pids, index = [pid], 0
+    while index < len(pids):
+        for task in Path(f"/proc/{pids[index]}/task").iterdir():
+            pids.extend(int(child) for child in (task / "children").read_text().split())
+        index += 1
+    return pids
+
+
+def familyCPU(pids: Sequence[int]) -> float:
+    """
+    The CPU seconds of C{pids} and all their descendants.
+    """
+    return sum(cpuSeconds(each) for pid in pids for each in family(pid))
+
+
+def familyRSS(pids: Sequence[int]) -> float:
+    """
+    The RSS in MB of C{pids} and all their descendants, added up.
+    """
+    return sum(rssMB(each) for pid in pids for each in family(pid))
+
+
+def nginx(directory: Path, port: int, h2c: int | None = None) -> subprocess.Popen:
+    """
+    nginx serving C{/small} (3 bytes) and C{/large} (256 KiB) on C{port},
+    and the same over h2c (HTTP/2 with prior knowledge) on C{h2c}.
+    """
     # nginx's worker drops root for "nobody", who must read the files.
     directory.chmod(0o755)
     (directory / "www").mkdir()
@@ -133,6 +170,7 @@ http {{
   keepalive_requests 1000000;
   server {{
     listen 127.0.0.1:{port} reuseport;
+    {"" if h2c is None else f"listen 127.0.0.1:{h2c} http2;"}
     root {directory}/www;
   }}
 }}
@@ -154,25 +192,40 @@ def haproxy(
     connection.
     """
     servers = "\n".join(f"  server backend{i} 127.0.0.1:{backend}" for i, backend in enumerate(backends))
-    conf = directory / f"haproxy-{port}.cfg"
+    return startHAProxy(
+        directory,
+        f"haproxy-{port}",
+        f"""
+listen relay
+  mode {mode}
+{"  http-reuse always" if mode == "http" else ""}
+  bind 127.0.0.1:{port}
+  balance {balance}
+{servers}
+""",
+    )
+
+
+def startHAProxy(directory: Path, name: str, sections: str, cpus: str = PROXY_CPU) -> subprocess.Popen:
+    """
+    HAProxy with one thread on C{cpus}, running the C{sections} of
+    configuration after a common C{global} and timeouts.
+    """
+    conf = directory / f"{name}.cfg"
     conf.write_text(
         f"""
 global
   nbthread 1
-  maxconn 4000
+  maxconn 9000
+  tune.ssl.default-dh-param 2048
 defaults
-  mode {mode}
   timeout connect 1s
   timeout client 60s
   timeout server 60s
-{"  http-reuse always" if mode == "http" else ""}
-listen relay
-  bind 127.0.0.1:{port}
-  balance {balance}
-{servers}
+{sections}
 """
     )
-    return subprocess.Popen(["taskset", "-c", PROXY_CPU, "haproxy", "-db", "-f", str(conf)])
+    return subprocess.Popen(["taskset", "-c", cpus, "haproxy", "-db", "-q", "-f", str(conf)])
 
 
 def meshproxy(
@@ -185,14 +238,11 @@ def meshproxy(
     the C{balancer} algorithm or the default.  Returns once C{/ready} says
     every listener is bound.
     """
-    admin = freePort()
     endpoints = ", ".join(f'{{ address = "127.0.0.1:{backend}" }}' for backend in backends)
-    conf = directory / f"meshproxy-{port}.toml"
-    conf.write_text(
+    return startMeshproxy(
+        directory,
+        f"meshproxy-{port}",
         f"""
-[admin]
-listen = "tcp:{admin}:interface=127.0.0.1"
-
 [[upstreams]]
 listen = "tcp:{port}:interface=127.0.0.1"
 service = "backend"
@@ -201,14 +251,25 @@ service = "backend"
 opaque = {str(opaque).lower()}
 endpoints = [{endpoints}]
 {"" if balancer is None else f'balancer = "{balancer}"'}
-"""
+""",
     )
+
+
+def startMeshproxy(directory: Path, name: str, config: str, cpus: str = PROXY_CPU) -> subprocess.Popen:
+    """
+    meshproxy on C{cpus} with the C{config} tables (an C{[admin]} table is
+    added), once C{/ready} says every listener is bound.
+    """
+    admin = freePort()
+    conf = directory / f"{name}.toml"
+    conf.write_text(f'[admin]\nlisten = "tcp:{admin}:interface=127.0.0.1"\n{config}')
     twistd = Path(sys.executable).parent / "twistd"
-    log = directory / f"meshproxy-{port}.log"
+    log = directory / f"{name}.log"
     process = subprocess.Popen(
-        ["taskset", "-c", PROXY_CPU, str(twistd), "-n", "--pidfile=", "--logfile", str(log),
+        ["taskset", "-c", cpus, str(twistd), "-n", "--pidfile=", "--logfile", str(log),
          "meshproxy", "--config", str(conf)]
     )
+    process.admin = admin
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -219,7 +280,7 @@ endpoints = [{endpoints}]
         except OSError:
             time.sleep(0.05)
     process.terminate()
-    raise SystemExit("meshproxy did not become ready")
+    raise SystemExit(f"meshproxy did not become ready: see {log}")
 
 
 _SCALE = {"us": 1e-3, "ms": 1.0, "s": 1e3}
@@ -246,6 +307,29 @@ def wrk(port: int, path: str, connections: int, duration: int) -> dict:
         "p99": percentile(99),
         "mbps": float(transfer.group(1)) * _BYTES[transfer.group(2)] / 1024**2,
         "errors": errors.group(0) if errors else "",
+    }
+
+
+def h2load(port: int, clients: int, streams: int, duration: int, path: str = "small") -> dict:
+    """
+    h2load over h2c (prior knowledge) against C{port}: requests/s, and the
+    latency percentiles of every request from its log file.
+    """
+    with tempfile.NamedTemporaryFile("r", suffix=".log") as log:
+        output = subprocess.run(
+            ["taskset", "-c", LOAD_CPU, "h2load", "-c", str(clients), "-m", str(streams), "-D", str(duration),
+             "--log-file", log.name, f"http://127.0.0.1:{port}/{path}"],
+            capture_output=True, text=True, check=True,
+        ).stdout
+        durations = sorted(int(line.split()[2]) for line in log if line.strip())
+    succeeded = int(re.search(r"(\d+) succeeded", output).group(1))
+    failed = re.search(r"(\d+) failed, (\d+) errored", output)
+    return {
+        "rps": float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", output).group(1)),
+        "requests": succeeded,
+        "p50": durations[len(durations) // 2] / 1e3 if durations else float("nan"),
+        "p99": durations[int(len(durations) * 0.99)] / 1e3 if durations else float("nan"),
+        "errors": "" if failed.groups() == ("0", "0") else failed.group(0),
     }
 
 

@@ -1,8 +1,8 @@
 # -*- test-case-name: tests.test_admin -*-
 """
-The admin HTTP server: C{/live}, C{/ready} and C{/metrics}, as
-linkerd2-proxy serves them on its admin port, so that existing probes and
-scrape configurations work unchanged.
+The admin HTTP server: C{/live}, C{/ready}, C{/metrics} and, when enabled,
+C{/shutdown}, as linkerd2-proxy serves them on its admin port, so that
+existing probes, scrape configurations and job scripts work unchanged.
 
 This is built on L{twisted.web}, which is too slow for the data path but
 fine for a handful of probes and scrapes a second.  Its defaults are made
@@ -27,17 +27,21 @@ prometheus_client's counters, and every Prometheus scrapes the text format.
 
 from __future__ import annotations
 
+import ipaddress
+from collections.abc import Callable
+
 from prometheus_client import generate_latest
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.logger import Logger
-from twisted.web.http import INTERNAL_SERVER_ERROR, NOT_ALLOWED, NOT_FOUND, OK, SERVICE_UNAVAILABLE
+from twisted.web.http import ACCEPTED, FORBIDDEN, INTERNAL_SERVER_ERROR, NOT_ALLOWED, NOT_FOUND, OK, SERVICE_UNAVAILABLE
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from .metrics import ProxyMetrics
 from .readiness import Readiness
 
-__all__ = ["AdminResource", "AdminRoot", "QuietSite", "adminRoot", "adminSite"]
+__all__ = ["AdminResource", "AdminRoot", "QuietSite", "adminRoot", "adminSite", "isLocal"]
 
 _TEXT = b"text/plain; charset=utf-8"
 
@@ -157,6 +161,46 @@ class _Metrics(AdminResource):
         return OK, generate_latest(self._metrics.registry), _PROMETHEUS_TEXT
 
 
+def isLocal(address: IAddress) -> bool:
+    """
+    Whether a client at C{address} is on this host: a loopback IP address
+    (C{127.0.0.0/8}, C{::1}, or IPv4 loopback mapped into IPv6) or a UNIX
+    socket, which only local processes can reach.
+    """
+    if isinstance(address, UNIXAddress):
+        return True
+    if not isinstance(address, (IPv4Address, IPv6Address)):
+        return False
+    ip = ipaddress.ip_address(address.host.split("%", 1)[0])
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return (mapped or ip).is_loopback
+
+
+class _Shutdown(AdminResource):
+    """
+    C{POST /shutdown}: start a graceful shutdown, as SIGTERM does, and
+    answer 202 at once; the admin port keeps answering while the proxy
+    drains, so C{/ready} shows it.  Only local clients may ask (403
+    otherwise): whoever can reach the admin port from elsewhere may scrape
+    metrics, not stop the proxy.
+
+    @ivar _shutdown: starts the shutdown; called once per allowed request,
+        so it must not mind being called again.
+    """
+
+    allowedMethods = (b"POST",)
+
+    def __init__(self, shutdown: Callable[[], None]) -> None:
+        super().__init__()
+        self._shutdown = shutdown
+
+    def answer(self, request: Request) -> tuple[int, bytes, bytes]:
+        if not isLocal(request.getClientAddress()):
+            return FORBIDDEN, b"requests are only permitted from localhost\n", _TEXT
+        self._shutdown()
+        return ACCEPTED, b"shutting down\n", _TEXT
+
+
 class _NotFound(Resource):
     """
     Every path the admin server does not serve, whatever the method.
@@ -193,7 +237,10 @@ class QuietSite(Site):
 
 
 def adminSite(
-    metrics: ProxyMetrics, readiness: Readiness, reactor: IReactorTime | None = None
+    metrics: ProxyMetrics,
+    readiness: Readiness,
+    reactor: IReactorTime | None = None,
+    shutdown: Callable[[], None] | None = None,
 ) -> Site:
     """
     Make the admin HTTP server.
@@ -202,10 +249,16 @@ def adminSite(
     @param readiness: the conditions C{/ready} reports.
     @param reactor: the reactor the server times idle connections out with;
         the global reactor if L{None}.
+    @param shutdown: starts a graceful shutdown, if C{POST /shutdown} may
+        (C{[admin] shutdown = true}); without it the path is a 404, as
+        any path the server does not serve.
 
     @return: a site to listen with on the C{[admin] listen} endpoint.
     """
-    return QuietSite(adminRoot(metrics, readiness), logPath=None, reactor=reactor)
+    root = adminRoot(metrics, readiness)
+    if shutdown is not None:
+        root.putChild(b"shutdown", _Shutdown(shutdown))
+    return QuietSite(root, logPath=None, reactor=reactor)
 
 
 def adminRoot(metrics: ProxyMetrics, readiness: Readiness) -> AdminRoot:

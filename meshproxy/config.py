@@ -51,6 +51,9 @@ __all__ = [
 
 #: Balancer names a service may ask for.  The first is the default.
 BALANCERS = ("p2c-peak-ewma", "round-robin", "least-request", "random")
+#: How HTTP/1 requests travel to a service's meshed endpoints: upgraded to
+#: HTTP/2 (the default) or left HTTP/1.1 (C{upgrade = "none"}).
+UPGRADES = ("h2", "none")
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -195,6 +198,7 @@ class Service:
     @ivar endpoints: the static endpoints, empty if C{discovery} is set.
     @ivar discovery: where the endpoints come from when they are not
         static, or L{None}.
+    @ivar upgrade: one of L{UPGRADES}.
     """
 
     name: str
@@ -203,6 +207,7 @@ class Service:
     authorities: tuple[str, ...] = ()
     opaque: bool = False
     discovery: FileDiscovery | DNSDiscovery | EtcdDiscovery | None = None
+    upgrade: str = UPGRADES[0]
 
 
 @frozen
@@ -249,6 +254,8 @@ class Proxy:
     shutdown_grace: float = 30.0
     response_timeout: float = 30.0
     discovery_timeout: float = 10.0
+    #: Reactor processes sharing the listeners (L{meshproxy.workers}).
+    workers: int = 1
 
 
 @frozen
@@ -269,9 +276,15 @@ class Identity:
 class Admin:
     """
     The admin listener (C{[admin]}).
+
+    @ivar shutdown: whether C{POST /shutdown} from a loopback address
+        starts a graceful shutdown.  Off by default, as in linkerd2-proxy:
+        anyone who can reach the port could stop the proxy.  A batch job's
+        last step turns it on, to end its sidecar.
     """
 
     listen: str = "tcp:4191:interface=127.0.0.1"
+    shutdown: bool = False
 
 
 @frozen
@@ -467,7 +480,10 @@ class Reader:
             shutdown_grace=table.convert("shutdown_grace", parseDuration, defaults.shutdown_grace),
             response_timeout=table.convert("response_timeout", parseDuration, defaults.response_timeout),
             discovery_timeout=table.convert("discovery_timeout", parseDuration, defaults.discovery_timeout),
+            workers=table.get("workers", int, "a positive number of processes", defaults.workers),
         )
+        if proxy.workers < 1:
+            table.error("workers", f"expected a positive number of processes, got {proxy.workers}")
         keys = set(table.keys())
         if "identity" in keys and "trust_anchors" not in keys:
             table.error("trust_anchors", "missing: an identity needs the trust anchors that verify its peers")
@@ -507,7 +523,10 @@ class Reader:
     def admin(self, table: Table | None) -> Admin:
         if table is None:
             return Admin()
-        admin = Admin(listen=self.listen(table, "listen", Admin().listen))
+        admin = Admin(
+            listen=self.listen(table, "listen", Admin().listen),
+            shutdown=table.get("shutdown", bool, "true or false", False),
+        )
         table.done()
         return admin
 
@@ -554,6 +573,9 @@ class Reader:
         if not all(isinstance(a, str) for a in authorities):
             table.error("authorities", f"expected a list of strings, got {authorities!r}")
         opaque = table.get("opaque", bool, "true or false", False)
+        upgrade = table.get("upgrade", str, '"h2" or "none"', "h2")
+        if upgrade not in UPGRADES:
+            table.error("upgrade", f'expected "h2" or "none", got {upgrade!r}')
         discovery = self.discovery(table.table("discovery"))
         if ("endpoints" in table.keys()) == ("discovery" in table.keys()):
             table.error("endpoints", "expected either endpoints or discovery (exactly one source per service)")
@@ -567,6 +589,7 @@ class Reader:
             authorities=tuple(authorities),
             opaque=opaque,
             discovery=discovery,
+            upgrade=upgrade,
         )
 
     def endpoints(self, path: str, items: list) -> list[Endpoint]:
@@ -757,6 +780,8 @@ def readDocument(path: FilePath) -> Mapping[str, Any]:
         raise ConfigError([f"{path.path}: cannot read: {e.strerror}"]) from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError([f"{path.path}: not valid TOML: {e}"]) from None
+    except UnicodeDecodeError as e:
+        raise ConfigError([f"{path.path}: not valid TOML: not UTF-8 ({e.reason} at byte {e.start})"]) from None
 
 
 def load(path: FilePath | str) -> Config:

@@ -19,12 +19,18 @@ from twisted.internet.interfaces import IListeningPort, IProtocol, IProtocolFact
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 
-from .detect import HTTP1, TLS, DetectingFactory, Opaque, Verdict
+from .detect import HTTP1, HTTP2, TLS, DetectingFactory, Opaque, Verdict
 from .metrics import ProxyMetrics
 from .tcp import RelayProtocol, Target
 from .tls import MeshTLS
 
 _SKIPPED = Opaque("skipped")
+_HTTP = (HTTP1, HTTP2)
+
+#: Builds the protocol serving an HTTP connection: given the verdict
+#: (L{HTTP1} or L{HTTP2}), the C{tls} label and the client's verified
+#: identity (empty for none).
+HTTPBuilder = Callable[[Verdict, str, str], IProtocol]
 
 
 def relayFactory(
@@ -34,7 +40,7 @@ def relayFactory(
     detectTimeout: float,
     opaque: bool,
     tls: MeshTLS | None = None,
-    http: Callable[[], IProtocol] | None = None,
+    http: HTTPBuilder | None = None,
 ) -> IProtocolFactory:
     """
     A factory for connections relayed as TCP to C{target}.
@@ -48,25 +54,29 @@ def relayFactory(
         mTLS: a ClientHello for that identity is terminated here, and
         detection runs again on the plaintext (so C{detect_total} counts
         both verdicts).  Any other TLS is relayed untouched.
-    @param http: builds the protocol that serves HTTP/1 connections, if
-        requests are to be balanced one by one rather than relayed; other
-        verdicts (HTTP/2 among them, for now) are still relayed.
+    @param http: builds the protocol that serves HTTP/1 and HTTP/2
+        connections, plaintext or inside terminated mTLS, if requests are
+        to be balanced one by one rather than relayed; other verdicts are
+        still relayed.
     """
 
     def relay(verdict: Verdict, label: str, clientId: str = "") -> RelayProtocol:
         metrics.detected(verdict.result)
         return RelayProtocol(target, label, verdict.result, clock, clientId)
 
+    def serve(verdict: Verdict, label: str, clientId: str = "") -> IProtocol:
+        if http is not None and isinstance(verdict, _HTTP):
+            metrics.detected(verdict.result)
+            return http(verdict, label, clientId)
+        return relay(verdict, label, clientId)
+
     def plaintext(clientId: str | None) -> IProtocol:
-        inner = DetectingFactory(lambda verdict: relay(verdict, "true", clientId or ""), clock, detectTimeout)
+        inner = DetectingFactory(lambda verdict: serve(verdict, "true", clientId or ""), clock, detectTimeout)
         return inner.buildProtocol(None)
 
     def choose(verdict: Verdict) -> IProtocol:
         if not isinstance(verdict, TLS):
-            if http is not None and isinstance(verdict, HTTP1):
-                metrics.detected(verdict.result)
-                return http()
-            return relay(verdict, "no_identity")
+            return serve(verdict, "no_identity")
         if tls is not None and verdict.sni == tls.identity:
             metrics.detected(verdict.result)
             return tls.server(plaintext, detectTimeout)
@@ -91,28 +101,26 @@ class _Refused(Protocol):
 
     def connectionMade(self) -> None:
         self._log.info(
-            "Closed {result} connection from {peer}: the outbound listener routes HTTP/1 only",
+            "Closed {result} connection from {peer}: the outbound listener routes HTTP only",
             result=self._verdict.result,
             peer=self.transport.getPeer(),
         )
         self.transport.loseConnection()
 
 
-def outboundFactory(
-    http: Callable[[], IProtocol], clock: IReactorTime, metrics: ProxyMetrics, detectTimeout: float
-) -> IProtocolFactory:
+def outboundFactory(http: HTTPBuilder, clock: IReactorTime, metrics: ProxyMetrics, detectTimeout: float) -> IProtocolFactory:
     """
-    A factory for the outbound listener, which routes HTTP/1 by authority.
+    A factory for the outbound listener, which routes HTTP/1 and HTTP/2 by
+    authority.
 
     Other protocols name no authority, so there is nowhere to send them:
-    they are closed.  (HTTP/2 has an authority, but is served here only
-    once the proxy speaks it; a GOAWAY needs an HTTP/2 codec too.)
+    they are closed.
     """
 
     def choose(verdict: Verdict) -> IProtocol:
         metrics.detected(verdict.result)
-        if isinstance(verdict, HTTP1):
-            return http()
+        if isinstance(verdict, _HTTP):
+            return http(verdict, "no_identity", "")
         return _Refused(verdict)
 
     return DetectingFactory(choose, clock, detectTimeout)

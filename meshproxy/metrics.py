@@ -15,6 +15,7 @@ is too much to pay per read on the data path.
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
 
 __all__ = ["LATENCY_BUCKETS", "HTTPMetrics", "ProxyMetrics", "TCPMetrics"]
 
@@ -33,17 +34,39 @@ class TCPMetrics:
     The TCP counters of one side of relayed connections, for one set of
     labels (direction, peer, target, tls, client_id, server_id).
 
-    @ivar read: add the number of bytes read from this peer.
-    @ivar wrote: add the number of bytes written to this peer.
+    The byte counts are plain integers, which L{_ByteCounters} reads at
+    each scrape: they grow once per chunk read or written, the hottest
+    place on the data path, where a prometheus_client counter's C{inc}
+    (argument checks and a lock) costs about 1 µs and an integer addition
+    0.2 µs.  The reactor's thread is the only one that adds.
+
+    @ivar labels: the label values.
+    @ivar readBytes: the bytes read from this peer.
+    @ivar wroteBytes: the bytes written to this peer.
     """
 
+    __slots__ = ("labels", "readBytes", "wroteBytes", "_open", "_gauge", "_success", "_failure")
+
     def __init__(self, metrics: ProxyMetrics, labels: tuple[str, ...]) -> None:
+        self.labels = labels
+        self.readBytes = 0
+        self.wroteBytes = 0
         self._open = metrics.tcpOpen.labels(*labels).inc
         self._gauge = metrics.tcpOpenConnections.labels(*labels)
         self._success = metrics.tcpClose.labels(*labels, "success").inc
         self._failure = metrics.tcpClose.labels(*labels, "failure").inc
-        self.read = metrics.tcpReadBytes.labels(*labels).inc
-        self.wrote = metrics.tcpWriteBytes.labels(*labels).inc
+
+    def read(self, n: int) -> None:
+        """
+        Add C{n} bytes read from this peer.
+        """
+        self.readBytes += n
+
+    def wrote(self, n: int) -> None:
+        """
+        Add C{n} bytes written to this peer.
+        """
+        self.wroteBytes += n
 
     def opened(self) -> None:
         """
@@ -58,6 +81,26 @@ class TCPMetrics:
         """
         self._gauge.dec()
         (self._success if success else self._failure)()
+
+
+class _ByteCounters:
+    """
+    C{tcp_read_bytes_total} and C{tcp_write_bytes_total}, from the byte
+    counts of every L{TCPMetrics} of one proxy, read at each scrape.
+
+    @ivar _tcp: the proxy's L{TCPMetrics}, by labels.
+    """
+
+    def __init__(self, tcp: dict[tuple[str, ...], TCPMetrics]) -> None:
+        self._tcp = tcp
+
+    def collect(self) -> list[CounterMetricFamily]:
+        read = CounterMetricFamily("tcp_read_bytes", "Bytes read from the peer.", labels=_TCP_LABELS)
+        wrote = CounterMetricFamily("tcp_write_bytes", "Bytes written to the peer.", labels=_TCP_LABELS)
+        for metrics in list(self._tcp.values()):
+            read.add_metric(metrics.labels, metrics.readBytes)
+            wrote.add_metric(metrics.labels, metrics.wroteBytes)
+        return [read, wrote]
 
 
 class HTTPMetrics:
@@ -116,12 +159,6 @@ class ProxyMetrics:
             _TCP_LABELS + ("classification",),
             registry=registry,
         )
-        self.tcpReadBytes = Counter(
-            "tcp_read_bytes", "Bytes read from the peer.", _TCP_LABELS, registry=registry
-        )
-        self.tcpWriteBytes = Counter(
-            "tcp_write_bytes", "Bytes written to the peer.", _TCP_LABELS, registry=registry
-        )
         self.requestTotal = Counter("request", "HTTP requests.", _HTTP_LABELS, registry=registry)
         self.responseTotal = Counter(
             "response", "HTTP responses.", _HTTP_LABELS + ("status_code", "classification"), registry=registry
@@ -153,6 +190,7 @@ class ProxyMetrics:
         self._refreshSucceeded = refreshes.labels("success").inc
         self._refreshFailed = refreshes.labels("failure").inc
         self._tcp: dict[tuple[str, ...], TCPMetrics] = {}
+        registry.register(_ByteCounters(self._tcp))
         self.discoveryUpdates = Counter(
             "discovery_updates",
             "Changes to a service's endpoint set, by the source that found them.",

@@ -3,6 +3,7 @@
 The C{twistd meshproxy} command line: options, then the service tree.
 """
 
+import signal
 import sys
 
 from twisted.python import usage
@@ -64,7 +65,33 @@ def makeService(options):
     # linkerd has no "_created" series, and they double the counters' series.
     disable_created_metrics()
 
+    config = options["loaded"]
     try:
-        return ProxyService(options["loaded"], reactor, notifier=Notifier.fromEnvironment())
+        if config.proxy.workers > 1:
+            # The parent of N reactor processes sharing the listeners.
+            from .workers import WorkerPool
+
+            service = WorkerPool(config, reactor, notifier=Notifier.fromEnvironment())
+        else:
+            service = ProxyService(config, reactor, notifier=Notifier.fromEnvironment())
     except ConfigError as e:
         options.refuse(e)
+    reloadOnHangup(service, reactor)
+    return service
+
+
+def reloadOnHangup(service, reactor, install=signal.signal) -> None:
+    """
+    Reload C{service}'s configuration file on SIGHUP, as daemons do
+    (C{systemctl reload}, C{kill -HUP}).
+
+    Python runs a signal handler between two bytecodes of whatever the
+    main thread is doing, the reactor included: the handler only asks the
+    reactor to reload at its next turn (C{callFromThread} is safe from
+    anywhere, and wakes it), as Twisted's own SIGINT handler asks it to
+    stop.
+
+    @param service: the L{meshproxy.service.ProxyService}.
+    @param install: installs a signal handler (L{signal.signal}).
+    """
+    install(signal.SIGHUP, lambda signum, frame: reactor.callFromThread(service.reloadFile))

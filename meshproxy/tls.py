@@ -35,7 +35,9 @@ L{TLSMemoryBIOProtocol} in three ways, each for the relay above it:
   3. C{loseConnection} closes the TCP connection once our C{close_notify}
      is out, as TCP's closes after what was written, without waiting for
      the peer's C{close_notify} (RFC 8446 does not require it), which a
-     peer still sending might never send.
+     peer still sending might never send, and without waiting for a
+     registered producer to unregister (Twisted's does; the HTTP protocols
+     are their transport's producer for life, as over TCP).
 
 These touch private methods of L{TLSMemoryBIOProtocol}
 (C{_checkHandshakeStatus}, C{_flushReceiveBIO}, C{_unbufferPendingWrites});
@@ -331,6 +333,11 @@ class TLSProtocol(TLSMemoryBIOProtocol):
         self._writeClosed = True
         if not self._appSendBuffer:
             self._sendCloseNotify()
+
+    def loseConnection(self) -> None:
+        if self._producer is not None:
+            self.unregisterProducer()
+        super().loseConnection()
 
     def _unbufferPendingWrites(self) -> None:
         super()._unbufferPendingWrites()

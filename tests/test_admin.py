@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from prometheus_client import generate_latest
 from prometheus_client.registry import Collector
 from twisted.internet import reactor
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.error import ConnectionDone
@@ -18,7 +19,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.http_headers import Headers
 
-from meshproxy.admin import adminSite
+from meshproxy.admin import adminSite, isLocal
 from meshproxy.metrics import ProxyMetrics
 from meshproxy.readiness import Readiness
 
@@ -204,13 +205,13 @@ class _Response:
     body: bytes
 
 
-def _request(site, method: bytes, path: bytes) -> _Response:
+def _request(site, method: bytes, path: bytes, peer: str = "127.0.0.1") -> _Response:
     """
-    Send one HTTP/1.1 request to C{site} over an in-memory connection and
-    parse the response that twisted.web wrote.
+    Send one HTTP/1.1 request to C{site} over an in-memory connection from
+    C{peer} and parse the response that twisted.web wrote.
     """
     channel = site.buildProtocol(None)
-    transport = StringTransport()
+    transport = StringTransport(peerAddress=IPv4Address("TCP", peer, 54321))
     channel.makeConnection(transport)
     channel.dataReceived(method + b" " + path + b" HTTP/1.1\r\nHost: 127.0.0.1:4191\r\n\r\n")
     channel.connectionLost(Failure(ConnectionDone()))
@@ -396,6 +397,70 @@ class AdminSiteTests(SynchronousTestCase):
         self.request(b"GET", b"/nope")
         self.site.doStop()
         self.assertEqual(events, [])
+
+
+class ShutdownTests(SynchronousTestCase):
+    """
+    C{POST /shutdown}, when enabled, starts a graceful shutdown for local
+    clients only.
+    """
+
+    def setUp(self) -> None:
+        self.calls = 0
+        self.site = adminSite(ProxyMetrics(), Readiness(), MemoryReactorClock(), self.shutdown)
+
+    def shutdown(self) -> None:
+        self.calls += 1
+
+    def test_accepted(self) -> None:
+        """
+        A loopback client gets 202 and the shutdown starts.
+        """
+        response = _request(self.site, b"POST", b"/shutdown")
+        self.assertEqual((response.code, response.body), (202, b"shutting down\n"))
+        self.assertEqual(self.calls, 1)
+
+    def test_forbidden(self) -> None:
+        """
+        Any other client gets 403, and nothing happens.
+        """
+        response = _request(self.site, b"POST", b"/shutdown", peer="10.0.0.7")
+        self.assertEqual(response.code, 403)
+        self.assertEqual(self.calls, 0)
+
+    def test_postOnly(self) -> None:
+        response = _request(self.site, b"GET", b"/shutdown")
+        self.assertEqual(response.code, 405)
+        self.assertEqual(response.headers.getRawHeaders(b"allow"), [b"POST"])
+        self.assertEqual(self.calls, 0)
+
+    def test_disabled(self) -> None:
+        """
+        Without C{[admin] shutdown = true} the path is not served.
+        """
+        site = adminSite(ProxyMetrics(), Readiness(), MemoryReactorClock())
+        self.assertEqual(_request(site, b"POST", b"/shutdown").code, 404)
+
+    def test_isLocal(self) -> None:
+        """
+        Loopback addresses of either family, IPv4 loopback mapped into
+        IPv6, and UNIX sockets are local; anything else is not.
+        """
+        for address in (
+            IPv4Address("TCP", "127.0.0.1", 1),
+            IPv4Address("TCP", "127.8.9.1", 1),
+            IPv6Address("TCP", "::1", 1),
+            IPv6Address("TCP", "::ffff:127.0.0.1", 1),
+            UNIXAddress(b"/run/x.sock"),
+        ):
+            self.assertTrue(isLocal(address), address)
+        for address in (
+            IPv4Address("TCP", "10.0.0.1", 1),
+            IPv6Address("TCP", "fe80::1%eth0", 1),
+            IPv6Address("TCP", "::ffff:10.0.0.1", 1),
+            None,
+        ):
+            self.assertFalse(isLocal(address), address)
 
 
 class PromtoolTests(TestCase):

@@ -23,6 +23,22 @@ class WaiterTests(SynchronousTestCase):
         self.clock.advance(0.6)
         fail(self.balancer, B, refused=True)
 
+    def test_replace(self):
+        """
+        After L{Waiter.replace} picks come from the new balancer, and a
+        request that waited is served by it.
+        """
+        self.balancer.update([])
+        waiting = self.waiter.pick()
+        new, _ = build(P2CPeakEWMA, [])
+        self.waiter.replace(new)
+        self.assertNoResult(waiting)
+        new.update([C])
+        self.assertEqual(self.successResultOf(waiting).endpoint, C)
+        # The old balancer's changes only make the waiter look again.
+        self.balancer.update([A])
+        self.assertEqual(self.successResultOf(self.waiter.pick()).endpoint, C)
+
     def test_usableAtOnce(self):
         pick = self.successResultOf(self.waiter.pick(exclude={B}))
         self.assertEqual(pick.endpoint, A)

@@ -138,7 +138,27 @@ class LoadTests(_ConfigFiles, SynchronousTestCase):
         self.assertEqual(config.proxy.detect_timeout, 10.0)
         self.assertEqual(config.proxy.shutdown_grace, 30.0)
         self.assertEqual(config.admin.listen, "tcp:4191:interface=127.0.0.1")
+        self.assertFalse(config.admin.shutdown)
         self.assertIsNone(config.identity)
+
+    def test_adminShutdown(self):
+        """
+        C{[admin] shutdown} enables C{POST /shutdown}; it must be a boolean.
+        """
+        inbound = '[[inbound]]\nlisten = "tcp:4143"\napp = "127.0.0.1:80"\n'
+        self.assertTrue(load(self.write("[admin]\nshutdown = true\n" + inbound)).admin.shutdown)
+        errors = self.errors('[admin]\nshutdown = "yes"\n' + inbound)
+        self.assertEqual(len(errors), 1)
+        self.assertIn("admin.shutdown: expected true or false", errors[0])
+
+    def test_upgrade(self):
+        """
+        HTTP/1 requests to a service's meshed endpoints are upgraded to
+        HTTP/2 unless the service says C{upgrade = "none"}.
+        """
+        self.assertEqual(load(self.write(VALID)).services["web"].upgrade, "h2")
+        none = VALID.replace('authorities = ["web", "web:80"]\n', 'authorities = ["web"]\nupgrade = "none"\n')
+        self.assertEqual(load(self.write(none)).services["web"].upgrade, "none")
 
     def test_authoritiesDefaultToName(self):
         config = load(self.write(VALID.replace('authorities = ["web", "web:80"]\n', "")))
@@ -170,6 +190,7 @@ class LoadTests(_ConfigFiles, SynchronousTestCase):
             balancer = "fastest"
             endpoints = [{ address = "10.0.0.5", weight = 0 }, { adress = "10.0.0.6:1" }, "x"]
             opaque = "yes"
+            upgrade = "h3"
 
             [extra]
             """
@@ -184,6 +205,7 @@ class LoadTests(_ConfigFiles, SynchronousTestCase):
             "inbound[0].app: missing",
             "services.web.balancer: expected one of p2c-peak-ewma, round-robin, least-request, random, got 'fastest'",
             "services.web.opaque: expected true or false",
+            "services.web.upgrade: expected \"h2\" or \"none\", got 'h3'",
             "services.web.endpoints[0].address: expected \"host:port\", got '10.0.0.5'",
             "services.web.endpoints[0].weight: expected a positive integer, got 0",
             "services.web.endpoints[1].address: missing",

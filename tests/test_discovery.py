@@ -163,7 +163,7 @@ class DiscoveryServiceTests(SynchronousTestCase):
         self.readiness = Readiness()
         self.metrics = ProxyMetrics()
         self.balancer = RoundRobin([], self.clock)
-        service = discoveryService(_Service(), self.balancer, self.metrics, self.readiness, False, self.clock, 10.0)
+        service = discoveryService(_Service(), self.balancer.update, self.metrics, self.readiness, False, self.clock, 10.0)
         self.assertEqual(self.readiness.pending, ["discovery web (static)"])
         service.startService()
         self.assertTrue(self.readiness.ready)
@@ -192,6 +192,35 @@ class DiscoveryServiceTests(SynchronousTestCase):
         self.assertIn("etcd resolver of service web has not answered in 10s", _text(logged))
         service.stopService()
         self.assertTrue(resolver.stopped)
+
+    def test_resolveWith(self):
+        """
+        A new resolver pushes into the same sink: the old one stops, and
+        only the difference reaches the balancer, counted under the new
+        source.
+        """
+        metrics = ProxyMetrics()
+        updates = []
+        service = discoveryService(_Service(), lambda e: updates.append(tuple(e)), metrics, None, False, Clock(), 10.0)
+        service.startService()
+        old = service.resolver
+        service.resolveWith(StaticResolver([B, C]))
+        self.assertIsNot(service.resolver, old)
+        self.assertEqual(updates, [(A, B), (B, C)])
+        self.assertEqual(
+            metrics.registry.get_sample_value("discovery_updates_total", {"service": "web", "source": "static"}), 2
+        )
+        service.stopService()
+
+    def test_resolveWithStopped(self):
+        """
+        A stopped service only remembers its new resolver, which starts
+        with the service.
+        """
+        silent = _Silent()
+        service = DiscoveryService("web", silent, BalancerSink(None, None, None), lambda: None, Clock(), 10.0)
+        service.resolveWith(_Silent())
+        self.assertFalse(silent.stopped)
 
     def test_noTimeoutAfterStop(self):
         clock = Clock()

@@ -16,10 +16,12 @@ from zope.interface import implementer
 from meshproxy.config import Address, Endpoint
 from meshproxy.endpoint import IConnector
 from meshproxy.http.client import ConnectionPool
+from meshproxy.http.h1 import RequestHead
 from meshproxy.metrics import ProxyMetrics
 
 A = Endpoint(Address("10.0.0.1", 80))
 B = Endpoint(Address("10.0.0.2", 80))
+GET = RequestHead(b"GET", b"/", b"1.1", [(b"Host", b"web")], b"web")
 
 
 @implementer(IConnector)
@@ -117,11 +119,11 @@ class PoolTests(SynchronousTestCase):
         """
         connection = self.connection()
         owner = Owner()
-        connection.attach(owner, False)
+        connection.attach(owner, GET, b"/", GET.headers, True)
         connection.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
         self.assertEqual([kind for kind, _ in owner.events], [0, 1, 2])
         connection.detach()
-        connection.attach(owner, False)
+        connection.attach(owner, GET, b"/", GET.headers, True)
         owner.responseEvents = owner.responseEvents[:2] + ((lambda _: connection.detach()),) + owner.responseEvents[3:]
         connection.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\nHTTP/1.1 200 OK\r\n\r\n")
         self.assertTrue(connection.transport.disconnecting)
@@ -133,9 +135,32 @@ class PoolTests(SynchronousTestCase):
         """
         connection = self.connection()
         owner = Owner()
-        connection.attach(owner, False)
+        connection.attach(owner, GET, b"/", GET.headers, True)
         connection.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(owner.events[0][0], "lost")
         key = ("outbound", "dst", "web", "no_identity", "", "")
         self.assertEqual(self.metrics.tcpOpenConnections.labels(*key)._value.get(), 0)
         self.assertEqual(self.metrics.tcpClose.labels(*key, "success")._value.get(), 1)
+
+    def test_framing(self):
+        """
+        The connection frames what an exchange sends: a head in HTTP/1.1,
+        a body of unknown length in chunks ending with the last chunk, an
+        upgrade request with its connection fields.
+        """
+        connection = self.connection()
+        post = RequestHead(b"POST", b"/", b"2", [(b"host", b"web")], b"web", chunked=True)
+        connection.attach(Owner(), post, b"/up", post.headers, False)
+        connection.sendData(b"abc")
+        connection.sendEnd([(b"grpc-status", b"0")])
+        self.assertEqual(
+            connection.transport.value(),
+            b"POST /up HTTP/1.1\r\nhost: web\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        )
+        connection = self.connection()
+        upgrade = RequestHead(b"GET", b"/", b"1.1", [(b"Host", b"web")], b"web", upgrade=b"websocket")
+        connection.attach(Owner(), upgrade, b"/", upgrade.headers, True)
+        self.assertEqual(
+            connection.transport.value(),
+            b"GET / HTTP/1.1\r\nHost: web\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        )

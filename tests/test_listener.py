@@ -5,6 +5,7 @@ Tests for L{meshproxy.listener}: what an inbound listener does with TLS.
 from __future__ import annotations
 
 from twisted.internet.address import IPv4Address
+from twisted.internet.protocol import Protocol
 from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -33,12 +34,12 @@ class InboundTLSTests(SynchronousTestCase):
         self.metrics = ProxyMetrics()
         self.connector = _FakeConnector()
 
-    def accept(self, client, tls=None):
+    def accept(self, client, tls=None, http=None):
         """
         Connect C{client} to the inbound listener of the mesh's server.
         """
         target = Target("127.0.0.1:8080", "inbound", Waiter(RoundRobin([APP], self.mesh.clock), self.mesh.clock), self.connector, self.metrics)
-        factory = relayFactory(target, self.mesh.clock, self.metrics, 10, False, tls or self.mesh.server)
+        factory = relayFactory(target, self.mesh.clock, self.metrics, 10, False, tls or self.mesh.server, http)
         return self.mesh.pump(factory.buildProtocol(IPv4Address("TCP", "10.0.0.9", 50000)), client)
 
     def sample(self, name, **labels):
@@ -63,6 +64,26 @@ class InboundTLSTests(SynchronousTestCase):
         labels = dict(direction="inbound", target="127.0.0.1:8080", tls="true", client_id=CLIENT, server_id="")
         self.assertEqual(self.sample("tcp_open_total", peer="src", **labels), 1)
         self.assertEqual(self.sample("tcp_open_total", peer="dst", **labels), 1)
+
+    def test_terminateHTTP(self):
+        """
+        With an HTTP builder, HTTP on the terminated plaintext is served by
+        the protocol it builds, told the C{tls} label and the verified
+        client identity.
+        """
+        built = []
+
+        def http(verdict, tls, clientId):
+            built.append((verdict.result, tls, clientId))
+            return Protocol()
+
+        client = self.mesh.clientProtocol(SERVER)
+        verified = client.whenVerified()
+        pump = self.accept(client, http=http)
+        self.successResultOf(verified).transport.write(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        pump.flush()
+        self.assertEqual(built, [("h2", "true", CLIENT)])
+        self.assertEqual(self.connector.attempts, [])
 
     def test_passThrough(self):
         """

@@ -41,7 +41,7 @@ class Waiter:
     """
     Picks from one balancer, waiting up to the failfast time for one.
 
-    @ivar _balancer: the L{IBalancer} picked from.
+    @ivar _balancer: the L{IBalancer} picked from; L{replace} changes it.
     @ivar _clock: the L{IReactorTime} the timers run on.
     @ivar _failfast: how long a request may wait, in seconds.
     @ivar _waiting: the waiting requests, oldest first: each one's
@@ -58,6 +58,20 @@ class Waiter:
         self._waiting: dict[Deferred[IPick], tuple[frozenset, IDelayedCall]] = {}
         self._wakeup: IDelayedCall | None = None
         balancer.subscribe(self._retry)
+
+    def replace(self, balancer: IBalancer) -> None:
+        """
+        Pick from C{balancer} from now on: a reload of the configuration
+        changed the service's balancing algorithm.  Requests waiting are
+        served by the new balancer.
+
+        The old balancer keeps calling this waiter when its remaining
+        picks finish; that only makes it look at the new one again, which
+        is harmless, and ends with those picks.
+        """
+        self._balancer = balancer
+        balancer.subscribe(self._retry)
+        self._retry()
 
     def pick(self, exclude: frozenset = frozenset()) -> Deferred[IPick]:
         """

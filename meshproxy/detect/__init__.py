@@ -9,7 +9,7 @@ L{DetectingFactory} apply it to Twisted connections.
 """
 
 from ._classify import Classifier
-from ._protocol import Chooser, DetectingFactory, DetectingProtocol
+from ._protocol import Chooser, DelegatingProtocol, DetectingFactory, DetectingProtocol
 from ._verdicts import HTTP1, HTTP2, RESULTS, TLS, Opaque, Verdict
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "TLS",
     "Chooser",
     "Classifier",
+    "DelegatingProtocol",
     "DetectingFactory",
     "DetectingProtocol",
     "Opaque",

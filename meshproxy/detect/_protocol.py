@@ -31,13 +31,39 @@ from twisted.python.failure import Failure
 from ._classify import Classifier
 from ._verdicts import Opaque, Verdict
 
-__all__ = ["Chooser", "DetectingFactory", "DetectingProtocol"]
+__all__ = ["Chooser", "DelegatingProtocol", "DetectingFactory", "DetectingProtocol"]
 
 Chooser = Callable[[Verdict], IProtocol]
 
 
 @implementer(IHalfCloseableProtocol)
-class DetectingProtocol(Protocol):
+class DelegatingProtocol(Protocol):
+    """
+    A protocol that has handed its connection on to another, C{_next},
+    and forwards the half-closes the transport reports to it.
+
+    It provides L{IHalfCloseableProtocol} whatever C{_next} does, so that
+    it must act as the transport would for a C{_next} that does not: end
+    the connection when the peer has sent all it will.
+
+    @ivar _next: the protocol that serves the connection.
+    """
+
+    _next: IProtocol | None = None
+
+    def readConnectionLost(self) -> None:
+        if IHalfCloseableProtocol.providedBy(self._next):
+            self._next.readConnectionLost()
+        else:
+            self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        # Only the next protocol can have shut down writing.
+        if IHalfCloseableProtocol.providedBy(self._next):
+            self._next.writeConnectionLost()
+
+
+class DetectingProtocol(DelegatingProtocol):
     """
     Detect the protocol a connection speaks, then hand the connection over.
 
@@ -84,17 +110,7 @@ class DetectingProtocol(Protocol):
     def readConnectionLost(self) -> None:
         if self._next is None:
             self._handOver(self._classifier.closed())
-        if IHalfCloseableProtocol.providedBy(self._next):
-            self._next.readConnectionLost()
-        else:
-            # What the transport would have done had the next protocol been
-            # its own: a protocol that cannot half-close is done.
-            self.transport.loseConnection()
-
-    def writeConnectionLost(self) -> None:
-        # Only the next protocol can have shut down writing.
-        if IHalfCloseableProtocol.providedBy(self._next):
-            self._next.writeConnectionLost()
+        super().readConnectionLost()
 
     def connectionLost(self, reason: Failure) -> None:
         if self._next is None:

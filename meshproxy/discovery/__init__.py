@@ -14,10 +14,10 @@ the proxy runs.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from random import Random
 
-from ..balance import IBalancer
-from ..config import DNSDiscovery, EtcdDiscovery, FileDiscovery, Service
+from ..config import DNSDiscovery, EtcdDiscovery, Endpoint, FileDiscovery, Service
 from ..metrics import ProxyMetrics
 from ..readiness import Readiness
 from ._dns import SRV, DNSResolver, SRVSchedule, namesResolver, srvEndpoints
@@ -73,9 +73,9 @@ def resolverFor(service: Service, mtls: bool, reactor, random: Random) -> IResol
 
 def discoveryService(
     service: Service,
-    balancer: IBalancer,
+    update: Callable[[Iterable[Endpoint]], None],
     metrics: ProxyMetrics,
-    readiness: Readiness,
+    readiness: Readiness | None,
     mtls: bool,
     reactor,
     timeout: float,
@@ -83,12 +83,18 @@ def discoveryService(
     """
     Everything that keeps one service's balancer supplied with endpoints.
 
+    @param update: replaces the endpoint set of the service's balancer
+        (L{meshproxy.balance.IBalancer.update}).
+    @param readiness: what waits for the resolver's first answer, or
+        L{None} when nothing should: a service added by a reload does not
+        make a running proxy unready.
     @param timeout: how long C{/ready} waits for the resolver's first
         answer.
     """
     resolver = resolverFor(service, mtls, reactor, Random())
-    ready = readiness.require(f"discovery {service.name} ({resolver.source})")
-    sink = BalancerSink(
-        balancer.update, lambda count: metrics.discovered(service.name, resolver.source, count), ready
-    )
-    return DiscoveryService(service.name, resolver, sink, ready, reactor, timeout)
+    ready = (lambda: None) if readiness is None else readiness.require(f"discovery {service.name} ({resolver.source})")
+    # The source is looked up at each change, once the service runs: a
+    # reload may have replaced the resolver.
+    sink = BalancerSink(update, lambda count: metrics.discovered(service.name, discovery.resolver.source, count), ready)
+    discovery = DiscoveryService(service.name, resolver, sink, ready, reactor, timeout)
+    return discovery

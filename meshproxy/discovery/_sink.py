@@ -132,6 +132,22 @@ class DiscoveryService(Service):
             self._deadline.cancel()
         return self.resolver.stop()
 
+    def resolveWith(self, resolver: IResolver):
+        """
+        Take the endpoints from C{resolver} from now on: a reload changed
+        the service's source.  It pushes into the same sink, so the
+        current endpoints stay in use until it answers, and then only the
+        difference reaches the balancer.
+
+        @return: what stopping the old resolver returned.
+        """
+        old, self.resolver = self.resolver, resolver
+        if not self.running:
+            return None
+        stopped = old.stop()
+        resolver.start(self.sink)
+        return stopped
+
     def _givenUp(self) -> None:
         if not self.sink.answered:
             self._log.warn(

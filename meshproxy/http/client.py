@@ -37,19 +37,20 @@ from zope.interface import implementer
 from ..config import Endpoint
 from ..endpoint import IConnector
 from ..metrics import TCPMetrics
-from .h1 import UPGRADE, ResponseReader
+from .h1 import LAST_CHUNK, UPGRADE, RequestHead, ResponseReader, chunk, requestHead
 
-__all__ = ["ConnectionPool", "UpstreamConnection"]
+__all__ = ["ConnectionFactory", "ConnectionPool", "UpstreamConnection"]
 
 
 @implementer(IHalfCloseableProtocol, IPushProducer)
 class UpstreamConnection(Protocol):
     """
-    One HTTP/1.1 connection to an endpoint.
+    One HTTP/1.1 connection to an endpoint, and the upstream of one
+    exchange at a time (see L{meshproxy.http.exchange}).
 
     While a request uses it, every response event goes to that request's
-    owner (the server protocol), by method call and without allocation:
-    the owner's C{responseEvents} are its handlers, indexed by event kind.
+    owner (the exchange), by method call and without allocation: the
+    owner's C{responseEvents} are its handlers, indexed by event kind.
     After a 101 or a C{CONNECT} it becomes a byte stream: every event goes
     to the protocol it was handed to (L{handOver}).
 
@@ -66,8 +67,11 @@ class UpstreamConnection(Protocol):
     @ivar _owner: the server protocol of the request using it, or L{None}
         while idle.
     @ivar _reader: parses its responses.
+    @ivar _chunked: whether the request body is sent in chunks.
     @ivar _next: the protocol it was handed over to, or L{None}.
     """
+
+    _chunked = False
 
     def __init__(self, pool: ConnectionPool, endpoint: Endpoint, metrics: TCPMetrics) -> None:
         self._pool = pool
@@ -82,16 +86,68 @@ class UpstreamConnection(Protocol):
         self.metrics.opened()
         self.transport.registerProducer(self, True)
 
-    def attach(self, owner, bodiless: bool) -> None:
+    def attach(self, owner, head: RequestHead, target: bytes, headers: list[tuple[bytes, bytes]], end: bool) -> None:
         """
-        Lend the connection to C{owner} for one exchange.
+        Lend the connection to C{owner} for one exchange, and send the
+        request head, framed for HTTP/1.1.
 
-        @param bodiless: whether the request is a C{HEAD}, whose response
-            has no body whatever its header says.
+        @param end: whether the request is complete with its head.
         """
         self._owner = owner
-        if bodiless:
+        if head.method == b"HEAD":
+            # Its response has no body whatever its header says.
             self._reader.expectBodiless()
+        chunked = self._chunked = head.chunked
+        extra = b"Transfer-Encoding: chunked\r\n" if chunked else b""
+        if head.upgrade is not None:
+            extra += b"Connection: Upgrade\r\nUpgrade: " + head.upgrade + b"\r\n"
+        out = requestHead(head.method, target, headers, extra)
+        self.write(out + LAST_CHUNK if chunked and end else out)
+
+    def sendData(self, data: bytes) -> None:
+        """
+        Send a piece of the request body.
+        """
+        if self._chunked:
+            pieces = chunk(data)
+            self.metrics.wrote(len(data) + len(pieces[0]) + 2)
+            self.transport.writeSequence(pieces)
+        else:
+            self.write(data)
+
+    def sendEnd(self, trailers: list[tuple[bytes, bytes]] | None) -> None:
+        """
+        The request body is complete; trailers are dropped (see
+        L{meshproxy.http.h1}).
+        """
+        if self._chunked:
+            self.write(LAST_CHUNK)
+
+    def pauseReading(self) -> None:
+        """
+        The owner's client cannot take more of the response.
+        """
+        self.transport.pauseProducing()
+
+    def resumeReading(self) -> None:
+        self.transport.resumeProducing()
+
+    def finish(self, keep: bool) -> None:
+        """
+        The exchange is complete: back to the pool if C{keep}, else closed.
+        """
+        if keep:
+            self._pool.release(self)
+        else:
+            self.abandon()
+
+    def abandon(self) -> None:
+        """
+        The exchange ended before its response did: the connection can carry
+        no other request.
+        """
+        self._owner = None
+        self.transport.loseConnection()
 
     def detach(self) -> None:
         """
@@ -105,13 +161,6 @@ class UpstreamConnection(Protocol):
         """
         self.metrics.wrote(len(data))
         self.transport.write(data)
-
-    def writeSequence(self, data: list[bytes]) -> None:
-        """
-        Send the pieces of C{data} to the endpoint, counted.
-        """
-        self.metrics.wrote(sum(map(len, data)))
-        self.transport.writeSequence(data)
 
     def handOver(self, protocol) -> None:
         """
@@ -199,20 +248,23 @@ class UpstreamConnection(Protocol):
         """
 
 
-class _ConnectionFactory(Factory):
+class ConnectionFactory(Factory):
     """
-    Builds the L{UpstreamConnection} of one new connection.
+    Builds the protocol of one new connection of a pool: an
+    L{UpstreamConnection}, or another protocol taking the same arguments
+    (the pool, the endpoint, the metrics).
     """
 
     noisy = False
 
-    def __init__(self, pool: ConnectionPool, endpoint: Endpoint, metrics: TCPMetrics) -> None:
+    def __init__(self, protocol, pool, endpoint: Endpoint, metrics: TCPMetrics) -> None:
+        self._protocol = protocol
         self._pool = pool
         self._endpoint = endpoint
         self._metrics = metrics
 
-    def buildProtocol(self, addr) -> UpstreamConnection:
-        return UpstreamConnection(self._pool, self._endpoint, self._metrics)
+    def buildProtocol(self, addr):
+        return self._protocol(self._pool, self._endpoint, self._metrics)
 
 
 class ConnectionPool:
@@ -254,7 +306,7 @@ class ConnectionPool:
 
         @param metrics: where the connection is counted.
         """
-        return self._connector.connect(endpoint, _ConnectionFactory(self, endpoint, metrics))
+        return self._connector.connect(endpoint, ConnectionFactory(UpstreamConnection, self, endpoint, metrics))
 
     def release(self, connection: UpstreamConnection) -> None:
         """

@@ -53,7 +53,9 @@ __all__ = [
 ]
 
 #: Event kinds.  C{HEAD}: a L{RequestHead} or L{ResponseHead}.  C{DATA}: a
-#: piece of body, unframed.  C{END}: the message is complete.  C{UPGRADE}:
+#: piece of body, unframed.  C{END}: the message is complete; its value is
+#: the trailers, a list of fields, or L{None} (always from HTTP/1, whose
+#: trailers this codec drops; an HTTP/2 upstream gives them).  C{UPGRADE}:
 #: the connection stops being HTTP after the message just ended (a
 #: C{CONNECT} or C{Upgrade} request, a 101 response); the value is the bytes
 #: that followed the head.  C{INFORMATIONAL}: a 1xx response head other than
@@ -131,6 +133,10 @@ class ResponseHead:
     @ivar chunked: whether the body is chunked; when neither this nor
         C{contentLength} is set, a body runs until the connection closes.
     @ivar upgrade: the C{Upgrade} value of a 101, else L{None}.
+    @ivar final: whether nothing follows the head, not even trailers: an
+        HTTP/2 response whose stream ended with its headers, which must
+        stay one HEADERS frame when relayed (a gRPC "trailers-only"
+        response).
     """
 
     status: int
@@ -140,6 +146,7 @@ class ResponseHead:
     contentLength: int | None = None
     chunked: bool = False
     upgrade: bytes | None = None
+    final: bool = False
 
 
 class _Framing:
@@ -198,7 +205,10 @@ class _Reader:
     @ivar _fields: the header fields of the message being read.
     @ivar _inHead: whether the head of a message is being read; fields
         that arrive otherwise are trailers.
-    @ivar _size: bytes of the current head (or trailer section) so far.
+    @ivar _size: bytes of the complete fields of the current head (or
+        trailer section) so far.
+    @ivar _raw: bytes of the reads that fell wholly inside the current
+        head, which bound a field llhttp has not finished.
     @ivar _error: the error raised from a callback, which llhttp reports
         only as "callback failed".
     """
@@ -211,6 +221,7 @@ class _Reader:
         self._fields: list[tuple[bytes, bytes]] = []
         self._inHead = False
         self._size = 0
+        self._raw = 0
         self._error: ProtocolError | None = None
 
     def _fail(self, status: int, reason: str) -> ProtocolError:
@@ -220,6 +231,7 @@ class _Reader:
     def on_message_begin(self) -> None:
         self._inHead = True
         self._size = 0
+        self._raw = 0
         self._fields = []
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -248,10 +260,7 @@ class _Reader:
         @return: the events, in order.
         """
         events = self._events = []
-        if self._inHead:
-            # A field llhttp has not finished grows in its buffer, unseen
-            # by on_header: bound it here.
-            self._size += len(data)
+        wasInHead, fields = self._inHead, self._fields
         try:
             self._parser.feed_data(data)
         except HttpParserUpgrade as e:
@@ -260,8 +269,16 @@ class _Reader:
             error, self._error = self._error, None
             events.append((ERROR, error or ProtocolError(400, str(e))))
         else:
-            if self._inHead and self._size > self._maxHead:
-                events.append((ERROR, ProtocolError(431, "header section too large")))
+            if wasInHead and self._inHead and self._fields is fields:
+                # A field llhttp has not finished grows in its buffer, unseen
+                # by on_header: bound it by the reads that fell wholly inside
+                # one head (on_message_begin makes a new field list).  Only
+                # those: counting a read that also held the end of a head and
+                # a body, or another message, would refuse a small head by
+                # where the reads fell.
+                self._raw += len(data)
+                if self._raw > self._maxHead:
+                    events.append((ERROR, ProtocolError(431, "header section too large")))
         return events
 
 
@@ -357,8 +374,13 @@ class ResponseReader(_Reader):
         """
         self._bodiless = True
 
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._reason = b""
+
     def on_status(self, reason: bytes) -> None:
-        self._reason = reason
+        # llhttp hands the reason over in as many pieces as it arrived in.
+        self._reason += reason
 
     def _headComplete(self, framing: _Framing) -> None:
         parser = self._parser

@@ -15,26 +15,35 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from attrs import frozen
+from attrs import define
 
 from .h1 import ProtocolError
 
 __all__ = ["AuthorityRouter", "OneRoute", "Route", "normalizeAuthority", "splitTarget"]
 
 
-@frozen
+@define(eq=False)
 class Route:
     """
     Where a request goes, and under which labels it is counted.
 
+    A reload of the configuration changes a route in place (a new balancer,
+    new authorities), so that the routers and listeners that hold it need
+    not be rebuilt; a request keeps the route it started with, and the
+    pick it holds finishes on the balancer that made it.
+
     @ivar service: the service name, for logs.
-    @ivar authority: the C{authority} label of the route's metrics.
+    @ivar authority: the C{authority} label of the route's metrics, and
+        the C{Host} of requests that came without one.
     @ivar balancer: the service's L{meshproxy.balance.IBalancer}.
     @ivar waiter: the L{meshproxy.balance.Waiter} of that balancer, which a
         request asks only when the balancer has no usable endpoint, so that
         the common case costs no L{Deferred}.
     @ivar metrics: the route's L{meshproxy.metrics.HTTPMetrics}, resolved
         once for all its requests.
+    @ivar upgrade: whether HTTP/1 requests to the service's meshed
+        endpoints travel as HTTP/2 (C{upgrade = "h2"}, the default), or
+        stay HTTP/1.1 on pooled connections (C{"none"}).
     """
 
     service: str
@@ -42,6 +51,7 @@ class Route:
     balancer: object
     waiter: object
     metrics: object
+    upgrade: bool = True
 
 
 def normalizeAuthority(authority: bytes) -> bytes:
@@ -111,6 +121,13 @@ class AuthorityRouter:
     """
 
     def __init__(self, routes: Mapping[str, Route] | Iterable[tuple[str, Route]]) -> None:
+        self.update(routes)
+
+    def update(self, routes: Mapping[str, Route] | Iterable[tuple[str, Route]]) -> None:
+        """
+        Route by C{routes} from now on, all at once: a reload added,
+        removed or renamed services.
+        """
         items = routes.items() if isinstance(routes, Mapping) else routes
         self._routes = {normalizeAuthority(a.encode()): route for a, route in items}
 

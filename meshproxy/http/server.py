@@ -4,8 +4,10 @@ The HTTP/1.1 server side of the proxy: the protocol an accepted connection
 is handed to once detection saw an HTTP/1 request line.
 
 Each request is routed, balanced and sent on its own: the route comes from
-its authority, the endpoint from the route's balancer, the connection from
-the pool of that endpoint.  One request is served at a time per client
+its authority, the endpoint from the route's balancer, the upstream from
+the pool of that endpoint (an HTTP/1.1 connection, or a stream of the
+endpoint's HTTP/2 connection for a meshed endpoint; these steps are
+L{meshproxy.http.exchange}'s, shared with the HTTP/2 server).  One request is served at a time per client
 connection, which is what makes pipelining safe: the next request's events
 wait in a queue (and the client is paused) until the response before it is
 complete, so responses leave in order and a slow response never has
@@ -14,12 +16,13 @@ another's bytes interleaved with it.
 Flow control, in both directions, is done by pausing transports, never by
 buffering:
 
-  - Request bodies: the connection to the endpoint is its transport's
-    producer for life and tells the server when its write buffer fills, and
+  - Request bodies: the upstream tells the server when it cannot take
+    more (its transport's write buffer, or its HTTP/2 window, is full), and
     the server then stops reading the client.  Until a connection exists,
     at most one read of body is held.
   - Response bodies: the server is its client transport's producer and
-    pauses the endpoint's connection while the client's buffer is full.
+    pauses the upstream while the client's buffer is full (an HTTP/2
+    upstream stops acknowledging, so its window closes).
   - Queued requests: while a response is pending, data from the client is
     parsed once and then the client is paused, so a pipelining client can
     make the proxy hold one read, not an unbounded queue.
@@ -27,7 +30,7 @@ buffering:
 The per-request path allocates no L{Deferred}, sets no timer and looks up
 no metric labels: the balancer is asked directly (its L{Waiter} only when
 it has no usable endpoint), an idle connection is taken synchronously,
-responses arrive by method call from L{UpstreamConnection}, one lazy timer
+responses arrive by method call from the upstream, one lazy timer
 per connection watches the response timeout, and the route carries its
 metric children.
 
@@ -53,16 +56,17 @@ from collections import deque
 from http import HTTPStatus
 
 from attrs import field, frozen
-from twisted.internet.defer import CancelledError
-from twisted.internet.error import ConnectionDone, ConnectionRefusedError
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from ..drain import ConnectionRegistry, IDrainable
 from ..metrics import HTTPMetrics, ProxyMetrics, TCPMetrics
 from .client import ConnectionPool, UpstreamConnection
+from .exchange import CLIENT_FULL, CONNECTING, Exchange
 from .h1 import (
     END,
     ERROR,
@@ -73,7 +77,6 @@ from .h1 import (
     RequestReader,
     ResponseHead,
     chunk,
-    requestHead,
     responseHead,
 )
 from .router import splitTarget
@@ -88,10 +91,8 @@ DISCARD_LIMIT = 65536
 # Why the client's transport is paused, as bits: the server reads again
 # only when none is left.
 _WAITING = 1  # requests are queued behind the one being answered
-_THROTTLED = 2  # the endpoint's connection cannot take more body yet
-_CONNECTING = 4  # body arrived before there was a connection to send it on
+# THROTTLED and CONNECTING are the exchange's (meshproxy.http.exchange).
 
-_NOTHING = frozenset()
 _BODILESS_STATUSES = frozenset({204, 304})
 
 
@@ -102,7 +103,7 @@ class ServerContext:
 
     @ivar router: gives the L{meshproxy.http.router.Route} of an authority
         (L{None}: no route, 404).
-    @ivar pool: the proxy's connections to endpoints.
+    @ivar pool: the proxy's HTTP/1.1 connections to endpoints.
     @ivar clock: times responses (latency, response timeout).
     @ivar metrics: where connections are counted.
     @ivar direction: the C{direction} label, C{"outbound"} or C{"inbound"}.
@@ -114,6 +115,12 @@ class ServerContext:
         was sent to it, to start its response; 0 waits forever.
     @ivar attempts: how many endpoints a request tries to connect to
         before it fails with 502.
+    @ivar h2: the proxy's L{meshproxy.http.h2client.H2Pool}, the HTTP/2
+        connections to endpoints.
+    @ivar clientId: the identity an inbound client proved over mTLS, set
+        as C{meshproxy-client-id} on its requests; empty for none.
+    @ivar registry: the proxy's connections, which tells the server
+        protocols to finish when the proxy shuts down gracefully.
     @ivar connections: the TCP metrics of the accepted connections.
     @ivar unrouted: the HTTP metrics of requests that have no route (404,
         and requests refused before their authority was known), under an
@@ -130,12 +137,15 @@ class ServerContext:
     target: str = ""
     responseTimeout: float = 30.0
     attempts: int = 3
+    h2: object = None
+    clientId: str = ""
+    registry: ConnectionRegistry = field(factory=ConnectionRegistry)
     connections: TCPMetrics = field(init=False)
     unrouted: HTTPMetrics = field(init=False)
 
     @connections.default
     def _connections(self) -> TCPMetrics:
-        return self.metrics.tcp(self.direction, "src", self.target, self.tls)
+        return self.metrics.tcp(self.direction, "src", self.target, self.tls, self.clientId)
 
     @unrouted.default
     def _unrouted(self) -> HTTPMetrics:
@@ -164,10 +174,11 @@ def _awaitsContinue(head: RequestHead) -> bool:
     return any(name.lower() == b"expect" and value.lower() == b"100-continue" for name, value in head.headers)
 
 
-@implementer(IHalfCloseableProtocol, IPushProducer)
-class HTTPServerProtocol(Protocol):
+@implementer(IHalfCloseableProtocol, IPushProducer, IDrainable)
+class HTTPServerProtocol(Exchange, Protocol):
     """
-    Serves the HTTP/1 requests of one accepted connection.
+    Serves the HTTP/1 requests of one accepted connection, one exchange
+    at a time: the connection is also the L{Exchange} in progress.
 
     Connection state (the immutable defaults are class attributes):
 
@@ -177,11 +188,10 @@ class HTTPServerProtocol(Protocol):
     @ivar _queue: events parsed but not yet acted on (pipelined requests).
     @ivar _requestEvents: the handlers of request events, by event kind.
     @ivar responseEvents: the handlers of response events, by event kind,
-        for L{UpstreamConnection}.
+        for the upstream.
     @ivar _draining: whether L{_drain} is running; it is re-entered by
         responses the proxy makes at once, and must loop rather than recurse.
     @ivar _paused: why the client transport is paused (C{_WAITING} ...).
-    @ivar _clientFull: whether the client transport's write buffer is full.
     @ivar _readDone: whether the client shut down its sending side.
     @ivar _closing: whether the connection is being closed; nothing more is
         read or answered.
@@ -194,39 +204,13 @@ class HTTPServerProtocol(Protocol):
         to run, not set and cancelled per request: when it fires it looks at
         C{_deadline} and waits again for what is left, or lapses.
 
-    State of the exchange in progress, reset by L{_reset}:
-
-    @ivar _head: the request, or L{None} between requests.
-    @ivar _route: its route.
-    @ivar _metrics: the HTTP metrics it is counted in, once counted.
-    @ivar _out: the request head as sent to endpoints (kept for a retry).
-    @ivar _pending: body pieces received before the connection was ready.
-    @ivar _pick: the balancer's pick, until told how the exchange went.
-    @ivar _tried: endpoints a connection attempt failed on.
-    @ivar _error: why the last connection attempt failed.
-    @ivar _connecting: the L{Deferred} of a wait for an endpoint or of a
-        connection attempt.
-    @ivar _upstream: the connection to the endpoint.
-    @ivar _reused: whether it came from the pool.
-    @ivar _bodySent: whether any body byte went to the endpoint.
-    @ivar _retried: whether the request was already retried.
-    @ivar _requestDone: whether the whole request was read.
-    @ivar _status: the status of the final response, 0 before its head.
-    @ivar _keepUpstream: whether the endpoint keeps its connection open.
-    @ivar _untilClose: whether the response body ends when the endpoint
-        closes the connection.
-    @ivar _chunkedOut: whether the response body is chunked to the client.
-    @ivar _closeAfter: whether to close the client connection after the
-        response.
-    @ivar _deadline: when the endpoint must have started its response, or
-        0 when no response is awaited.
-    @ivar _started: when the request head arrived.
+    @ivar _chunkedOut: whether the response body is chunked to the client
+        (reset with the exchange).
     """
 
     _log = Logger()
     _draining = False
     _paused = 0
-    _clientFull = False
     _readDone = False
     _closing = False
     _skip = False
@@ -247,44 +231,19 @@ class HTTPServerProtocol(Protocol):
             None,
             self._malformed,
         )
-        self.responseEvents = (
-            self.responseHead,
-            self.responseData,
-            self.responseEnd,
-            self.responseUpgraded,
-            self.responseInformational,
-            self.responseFailed,
-        )
+        self.responseEvents = self._responseHandlers()
         self._reset()
 
     def _reset(self) -> None:
-        self._head: RequestHead | None = None
-        self._route = None
-        self._metrics: HTTPMetrics | None = None
-        self._out = b""
-        self._pending: list[bytes] | None = None
-        self._pick = None
-        self._tried = _NOTHING
-        self._error = ""
-        self._connecting = None
-        self._upstream: UpstreamConnection | None = None
-        self._reused = False
-        self._bodySent = False
-        self._retried = False
-        self._requestDone = False
-        self._status = 0
-        self._keepUpstream = False
-        self._untilClose = False
+        super()._reset()
         self._chunkedOut = False
-        self._closeAfter = False
-        self._deadline = 0.0
-        self._started = 0.0
 
     # The client connection.
 
     def connectionMade(self) -> None:
         self._src.opened()
         self.transport.registerProducer(self, True)
+        self._context.registry.add(self)
 
     def dataReceived(self, data: bytes) -> None:
         if self._next is not None:
@@ -320,6 +279,7 @@ class HTTPServerProtocol(Protocol):
             self._next.writeConnectionLost()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._context.registry.remove(self)
         if self._next is not None:
             self._next.connectionLost(reason)
             return
@@ -330,17 +290,33 @@ class HTTPServerProtocol(Protocol):
             self._timer = None
         self._src.closed(reason.check(ConnectionDone) is not None)
 
+    # IDrainable, for the proxy's graceful shutdown.
+
+    def drain(self) -> None:
+        """
+        Make the exchange in progress the last, its response carrying
+        C{Connection: close}; if there is none, close on the next reactor
+        turn unless a request arrived by then (the bytes read during
+        detection are delivered after C{connectionMade}).  A tunnel runs to
+        its end, as any opaque connection does.
+        """
+        if self._closing or self._next is not None:
+            return
+        self._closeAfter = True
+        if self._head is None:
+            self._context.clock.callLater(0, self._closeIfIdle)
+
+    def _closeIfIdle(self) -> None:
+        if self._head is None and not self._closing and self._next is None:
+            self._close()
+
     # IPushProducer, for the client transport.
 
     def pauseProducing(self) -> None:
-        self._clientFull = True
-        if self._upstream is not None:
-            self._upstream.transport.pauseProducing()
+        self._pauseResponse(CLIENT_FULL, True)
 
     def resumeProducing(self) -> None:
-        self._clientFull = False
-        if self._upstream is not None:
-            self._upstream.transport.resumeProducing()
+        self._pauseResponse(CLIENT_FULL, False)
 
     def stopProducing(self) -> None:
         """
@@ -414,12 +390,8 @@ class HTTPServerProtocol(Protocol):
             # 9112, section 3.2.2).
             headers = [(n, v) for n, v in headers if n.lower() != b"host"]
             headers.append((b"Host", authority))
-        route = self._route = context.router.route(authority)
-        if route is None:
-            self._respondError(404, f"no service for authority {(authority or b'').decode('latin-1')!r}")
+        if not self._routeTo(authority):
             return
-        metrics = self._metrics = route.metrics
-        metrics.request()
         if head.method == b"CONNECT":
             # The connection is made once the whole request is read (the
             # UPGRADE event), so that the bytes after it are in hand.
@@ -427,34 +399,8 @@ class HTTPServerProtocol(Protocol):
         if authority is None:
             # An HTTP/1.0 request may come without Host; the endpoints speak
             # HTTP/1.1, which requires it.
-            headers = [*headers, (b"Host", route.authority.encode())]
-        extra = b""
-        if head.chunked:
-            extra = b"Transfer-Encoding: chunked\r\n"
-        if head.upgrade is not None:
-            extra += b"Connection: Upgrade\r\nUpgrade: " + head.upgrade + b"\r\n"
-        self._out = requestHead(head.method, target, headers, extra)
-        self._dispatch(False)
-
-    def _requestData(self, data: bytes) -> None:
-        pieces = chunk(data) if self._head.chunked else (data,)
-        upstream = self._upstream
-        if upstream is None:
-            if self._pending is None:
-                self._pending = []
-            self._pending.extend(pieces)
-            self._setPaused(_CONNECTING, True)
-        else:
-            upstream.writeSequence(pieces)
-            self._bodySent = True
-
-    def _requestEnd(self, _: None) -> None:
-        self._requestDone = True
-        if self._head.chunked:
-            # An empty chunk is the last chunk and an empty trailer section.
-            self._requestData(b"")
-        if self._upstream is not None:
-            self._awaitResponse()
+            headers = [*headers, (b"Host", self._route.authority.encode())]
+        self._forward(target, headers)
 
     def _requestUpgraded(self, data: bytes) -> None:
         """
@@ -487,160 +433,37 @@ class HTTPServerProtocol(Protocol):
 
     # Endpoints.
 
-    def _dispatch(self, fresh: bool) -> None:
-        """
-        Pick an endpoint and send the request on an idle connection to it,
-        or on a new one.  With no usable endpoint the request waits, up to
-        the failfast time, in the route's L{Waiter}; after a failed
-        connection attempt it does not: the error is the answer.
-
-        @param fresh: whether a new connection is required (a retry, a
-            C{CONNECT}).
-        """
-        route = self._route
-        pick = route.balancer.pick(self._tried)
-        if pick is not None:
-            self._send(pick, fresh)
-        elif self._tried:
-            self._respondError(502, self._error)
-        else:
-            waiting = self._connecting = route.waiter.pick()
-            waiting.addCallbacks(self._picked, self._notPicked, (fresh,))
-
-    def _picked(self, pick, fresh: bool) -> None:
-        self._connecting = None
-        self._send(pick, fresh)
-
-    def _notPicked(self, reason: Failure) -> None:
-        self._connecting = None
-        if not reason.check(CancelledError):
-            # NoEndpointsReady: "no endpoints ready".
-            self._respondError(503, str(reason.value))
-
-    def _send(self, pick, fresh: bool) -> None:
-        """
-        Send the request to C{pick}'s endpoint.
-        """
-        self._pick = pick
-        endpoint = pick.endpoint
-        context = self._context
-        if not fresh:
-            connection = context.pool.idle(endpoint)
-            if connection is not None:
-                self._attach(connection, True)
-                return
-        # Endpoints with an identity are reached over mTLS (see
-        # meshproxy.endpoint.MeshConnector); others carry what the client
-        # sent.
-        metrics = context.metrics.tcp(
-            context.direction,
-            "dst",
-            self._route.service,
-            "true" if endpoint.identity else context.tls,
-            "",
-            endpoint.identity or "",
-        )
-        self._connecting = context.pool.connect(endpoint, metrics)
-        self._connecting.addCallbacks(self._connected, self._connectFailed)
-
     def _connected(self, connection: UpstreamConnection) -> None:
-        self._connecting = None
-        self._setPaused(_CONNECTING, False)
-        if self._head.method == b"CONNECT":
-            self._pick.responded()
-            self._status = 200
-            self._write(b"HTTP/1.1 200 Connection established\r\n\r\n")
-            self._account(200)
-            self._splice(connection, b"", "connect")
-        else:
-            self._attach(connection, False)
-
-    def _connectFailed(self, reason: Failure) -> None:
-        self._connecting = None
-        pick, self._pick = self._pick, None
-        if pick is None:
-            # Cancelled by _abandon, which settled the pick.
+        if self._head.method != b"CONNECT":
+            super()._connected(connection)
             return
-        pick.finished(False, reason.check(ConnectionRefusedError) is not None)
-        self._tried = self._tried | {pick.endpoint}
-        self._error = f"connect to {pick.endpoint.address}: {reason.getErrorMessage()}"
-        if len(self._tried) < self._context.attempts:
-            self._dispatch(True)
-        else:
-            self._respondError(502, self._error)
+        self._connecting = None
+        self._setPaused(CONNECTING, False)
+        self._pick.responded()
+        self._status = 200
+        self._write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        self._account(200)
+        self._splice(connection, b"", "connect")
 
-    def _attach(self, connection: UpstreamConnection, reused: bool) -> None:
-        self._upstream = connection
-        self._reused = reused
-        connection.attach(self, self._head.method == b"HEAD")
-        pending = self._pending
-        if pending:
-            self._pending = None
-            pending.insert(0, self._out)
-            connection.writeSequence(pending)
-            self._bodySent = True
-        else:
-            connection.write(self._out)
-        if self._clientFull:
-            connection.transport.pauseProducing()
-        if self._requestDone:
-            self._awaitResponse()
+    def _watch(self, timeout: float) -> None:
+        """
+        Start the response timer unless it runs: it is set once and left to
+        run, not set and cancelled per request.
+        """
+        if self._timer is None:
+            self._timer = self._context.clock.callLater(timeout, self._timerFired)
 
-    def _awaitResponse(self) -> None:
+    def _timerFired(self) -> None:
         """
-        The whole request went to the endpoint: start the response timeout.
-        """
-        timeout = self._context.responseTimeout
-        if timeout and not self._status:
-            clock = self._context.clock
-            self._deadline = clock.seconds() + timeout
-            if self._timer is None:
-                self._timer = clock.callLater(timeout, self._checkDeadline)
-
-    def _checkDeadline(self) -> None:
-        """
-        The response timer fired: answer 504 if the deadline passed, wait
-        for the rest if a later request moved it, or lapse if no response
-        is awaited.
+        Answer 504 if the deadline passed, wait for the rest if a later
+        request moved it, or lapse if no response is awaited.
         """
         self._timer = None
-        deadline = self._deadline
-        if not deadline:
-            return
-        clock = self._context.clock
-        left = deadline - clock.seconds()
-        if left > 0:
-            self._timer = clock.callLater(left, self._checkDeadline)
-            return
-        timeout = self._context.responseTimeout
-        self._log.info("No response from {endpoint} within {timeout}s", endpoint=str(self._pick.endpoint.address), timeout=timeout)
-        self._abandon(False)
-        self._respondError(504, f"no response within {timeout:g}s")
+        left = self._checkDeadline()
+        if left:
+            self._timer = self._context.clock.callLater(left, self._timerFired)
 
-    def _abandon(self, success: bool) -> None:
-        """
-        Drop the exchange's wait, connection attempt or connection, which
-        can carry no other request, and settle the pick.
-
-        @param success: what the balancer is told: C{True} when the client,
-            not the endpoint, ended the exchange.
-        """
-        self._deadline = 0.0
-        pick, self._pick = self._pick, None
-        connecting, self._connecting = self._connecting, None
-        if connecting is not None:
-            connecting.cancel()
-        upstream, self._upstream = self._upstream, None
-        if upstream is not None:
-            upstream.detach()
-            upstream.transport.loseConnection()
-        if pick is not None:
-            pick.finished(success)
-
-    # Responses, called by UpstreamConnection.
-
-    def upstreamThrottled(self, throttled: bool) -> None:
-        self._setPaused(_THROTTLED, throttled)
+    # Responses, called by the upstream.
 
     def responseInformational(self, head: ResponseHead) -> None:
         """
@@ -651,12 +474,9 @@ class HTTPServerProtocol(Protocol):
             self._write(responseHead(head.status, head.reason, head.headers))
 
     def responseHead(self, head: ResponseHead) -> None:
-        self._deadline = 0.0
-        self._pick.responded()
+        self._responseStarted(head)
         request = self._head
-        status = self._status = head.status
-        self._keepUpstream = head.keepAlive
-        self._untilClose = head.contentLength is None and not head.chunked
+        status = head.status
         if status == 101:
             if request.upgrade is None or head.upgrade is None:
                 self.responseFailed(ProtocolError(502, "101 to a request that asked for no upgrade"))
@@ -690,22 +510,14 @@ class HTTPServerProtocol(Protocol):
         else:
             self._write(data)
 
-    def responseEnd(self, _: None = None) -> None:
+    def responseEnd(self, trailers: list[tuple[bytes, bytes]] | None = None) -> None:
+        """
+        The response is complete; trailers, which only an HTTP/2 upstream
+        gives, are dropped (see L{meshproxy.http.h1}).
+        """
         if self._chunkedOut:
             self._write(LAST_CHUNK)
-        upstream, self._upstream = self._upstream, None
-        if upstream is not None:
-            if self._keepUpstream and self._requestDone:
-                if self._clientFull:
-                    upstream.transport.resumeProducing()
-                self._context.pool.release(upstream)
-            else:
-                upstream.detach()
-                upstream.transport.loseConnection()
-        pick, self._pick = self._pick, None
-        pick.finished(True)
-        self._account(self._status)
-        self._exchangeDone()
+        self._responseComplete()
 
     def responseUpgraded(self, data: bytes) -> None:
         """
@@ -717,50 +529,6 @@ class HTTPServerProtocol(Protocol):
         upstream, self._upstream = self._upstream, None
         self._account(101)
         self._splice(upstream, data, "upgrade")
-
-    def responseFailed(self, error: ProtocolError) -> None:
-        """
-        The endpoint's response cannot be forwarded.
-        """
-        self._log.info(
-            "Bad response from {endpoint}: {reason}", endpoint=str(self._pick.endpoint.address), reason=error.reason
-        )
-        status = self._status
-        self._abandon(False)
-        if status:
-            self._close()
-        else:
-            self._closeAfter = True
-            self._respondError(502, f"bad response: {error.reason}")
-
-    def upstreamLost(self, reason: Failure) -> None:
-        """
-        The connection to the endpoint closed during the exchange.
-
-        A response running to the close ends here.  A request that met a
-        reused connection closing before it sent any body and before any
-        response byte is sent again, once, on a new connection: that is an
-        application closing an idle connection as the request was written,
-        which the request must not pay for.
-        """
-        self._upstream = None
-        self._deadline = 0.0
-        status = self._status
-        if status and self._untilClose:
-            self.responseEnd()
-        elif status:
-            # The response was cut short: cut the client off too, so that
-            # it sees the truncation.
-            self._abandon(False)
-            self._close()
-        elif self._reused and not self._bodySent and not self._retried:
-            self._retried = True
-            pick, self._pick = self._pick, None
-            pick.finished(True)
-            self._dispatch(True)
-        else:
-            self._abandon(False)
-            self._respondError(502, f"connection closed by {self._route.service} endpoint")
 
     def _splice(self, upstream: UpstreamConnection, data: bytes, protocol: str) -> None:
         """
@@ -788,9 +556,6 @@ class HTTPServerProtocol(Protocol):
         self._src.wrote(len(data))
         self.transport.write(data)
 
-    def _account(self, status: int) -> None:
-        self._metrics.responded(status, (self._context.clock.seconds() - self._started) * 1000)
-
     def _respondError(self, status: int, reason: str) -> None:
         """
         Answer the current request with a response of the proxy's own, and
@@ -810,11 +575,7 @@ class HTTPServerProtocol(Protocol):
             self._skip = not close
         self._closeAfter = close
         self._write(errorResponse(status, reason, close))
-        if self._metrics is None:
-            # Refused before it was routed.
-            self._metrics = self._context.unrouted
-            self._metrics.request()
-        self._account(status)
+        self._accountError(status)
         self._exchangeDone()
 
     def _exchangeDone(self) -> None:
@@ -843,6 +604,13 @@ class HTTPServerProtocol(Protocol):
     def _close(self) -> None:
         self._closing = True
         self.transport.loseConnection()
+
+    def _cutShort(self) -> None:
+        """
+        A response cut short: close, so that the client sees the
+        truncation.
+        """
+        self._close()
 
     def _setPaused(self, reason: int, paused: bool) -> None:
         before = self._paused
