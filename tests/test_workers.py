@@ -103,10 +103,10 @@ endpoints = [{ address = "127.0.0.1:8081" }]
 
     def test_workers(self) -> None:
         self.assertEqual(self.load(self.CONFIG).proxy.workers, 3)
-        self.assertEqual(self.load("").proxy.workers, 1)
+        self.assertEqual(self.load(self.CONFIG.replace("workers = 3", "")).proxy.workers, 1)
 
     def test_notPositive(self) -> None:
-        error = self.assertRaises(ConfigError, self.load, "[proxy]\nworkers = 0\n")
+        error = self.assertRaises(ConfigError, self.load, self.CONFIG.replace("workers = 3", "workers = 0"))
         self.assertIn("workers", str(error))
 
     def test_workerConfig(self) -> None:
