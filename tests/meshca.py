@@ -83,3 +83,19 @@ class TestCA:
             )
         )
         return certFile, keyFile
+
+    def proxyConfig(self, directory: FilePath, identity: str) -> str:
+        """
+        The C{[proxy]} and C{[identity]} tables of a proxy with static
+        credentials for C{identity}, written in C{directory}.
+        """
+        certFile, keyFile = self.write(directory, identity)
+        return f"""
+[proxy]
+identity = "{identity}"
+trust_anchors = "{self.anchorsFile.path}"
+
+[identity]
+cert_file = "{certFile.path}"
+key_file = "{keyFile.path}"
+"""

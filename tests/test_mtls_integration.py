@@ -39,21 +39,8 @@ class Mesh(TestCase):
         self.addCleanup(port.stopListening)
         return port.getHost().port
 
-    def identity(self, name: str, ca: TestCA | None = None) -> str:
-        """
-        The C{[proxy]} and C{[identity]} tables of a proxy with static
-        credentials for C{name}.
-        """
-        certFile, keyFile = (ca or self.ca).write(self.files, name)
-        return f"""
-[proxy]
-identity = "{name}"
-trust_anchors = "{self.ca.anchorsFile.path}"
-
-[identity]
-cert_file = "{certFile.path}"
-key_file = "{keyFile.path}"
-"""
+    def identity(self, name: str) -> str:
+        return self.ca.proxyConfig(self.files, name)
 
     async def serverProxy(self, app: int) -> tuple[Proxy, int]:
         """

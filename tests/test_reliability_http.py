@@ -55,16 +55,7 @@ class TwoProxyAbuseTests(TestCase):
         self.files.makedirs()
 
     def identity(self, name: str) -> str:
-        certFile, keyFile = self.ca.write(self.files, name)
-        return f"""
-[proxy]
-identity = "{name}"
-trust_anchors = "{self.ca.anchorsFile.path}"
-
-[identity]
-cert_file = "{certFile.path}"
-key_file = "{keyFile.path}"
-"""
+        return self.ca.proxyConfig(self.files, name)
 
     async def mesh(self) -> tuple[Named, int, int]:
         """
