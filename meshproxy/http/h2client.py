@@ -346,7 +346,8 @@ class H2ClientConnection(Protocol):
             self._pool.clock.callLater(0, stream._failed, refused)
             return
         h2 = self.h2
-        if self._queued or h2.open_outbound_streams >= h2.remote_settings.max_concurrent_streams:
+        # Our own count: h2's walks every stream on each call.
+        if self._queued or len(self._streams) >= h2.remote_settings.max_concurrent_streams:
             self._queued.append(stream)
             stream._throttle(_WINDOW, True)
             return
@@ -362,7 +363,7 @@ class H2ClientConnection(Protocol):
     def _openQueued(self) -> None:
         queued = self._queued
         h2 = self.h2
-        while queued and h2.open_outbound_streams < h2.remote_settings.max_concurrent_streams:
+        while queued and len(self._streams) < h2.remote_settings.max_concurrent_streams:
             stream = queued.popleft()
             streamId = h2.get_next_available_stream_id()
             self._streams[streamId] = stream

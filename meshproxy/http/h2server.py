@@ -295,6 +295,8 @@ class H2ServerProtocol(Protocol):
     @ivar _timer: that timer, set once and left to run rather than set and
         cancelled per stream.
     @ivar _resets: the client's Rapid Reset budget.
+    @ivar _trailers: request trailers by stream, until the stream's end
+        (C{h2} reports them just before it).
     @ivar _clientFull: whether the client transport's write buffer is full.
     @ivar _receiving: whether events are being dispatched; writes wait for
         the end of the batch, so that one read costs one write.
