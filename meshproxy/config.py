@@ -253,6 +253,7 @@ class Proxy:
     connect_timeout: float = 1.0
     shutdown_grace: float = 30.0
     response_timeout: float = 30.0
+    header_timeout: float = 10.0
     discovery_timeout: float = 10.0
     #: Reactor processes sharing the listeners (L{meshproxy.workers}).
     workers: int = 1
@@ -479,6 +480,7 @@ class Reader:
             connect_timeout=table.convert("connect_timeout", parseDuration, defaults.connect_timeout),
             shutdown_grace=table.convert("shutdown_grace", parseDuration, defaults.shutdown_grace),
             response_timeout=table.convert("response_timeout", parseDuration, defaults.response_timeout),
+            header_timeout=table.convert("header_timeout", parseDuration, defaults.header_timeout),
             discovery_timeout=table.convert("discovery_timeout", parseDuration, defaults.discovery_timeout),
             workers=table.get("workers", int, "a positive number of processes", defaults.workers),
         )

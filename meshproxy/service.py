@@ -184,6 +184,7 @@ class ProxyService(MultiService):
                         tls=tls,
                         target=target,
                         responseTimeout=config.proxy.response_timeout,
+                        headerTimeout=config.proxy.header_timeout,
                         registry=self.connections,
                         h2=h2,
                         clientId=clientId,

@@ -394,6 +394,46 @@ class ErrorTests(SynchronousTestCase):
         self.assertTrue(upstream.transport.disconnecting)
         self.assertFalse(h.client.clientTransport.disconnecting)
 
+    def test_headerTimeout(self):
+        """
+        A client that trickles its head (slowloris) gets 408 and its
+        connection closed once the header timeout has passed since the
+        head began; nothing reaches an endpoint.
+        """
+        h = Harness(self)
+        h.send(b"GET / HTTP/1.1\r\nHost: web\r\n")
+        for _ in range(9):
+            h.clock.advance(1)
+            h.send(b"X: y\r\n")
+        self.assertEqual(h.received(), b"")
+        h.clock.advance(1)
+        response = h.received()
+        self.assertTrue(response.startswith(b"HTTP/1.1 408 "), response)
+        self.assertEqual(proxyError(response), b"request header timeout")
+        self.assertTrue(h.client.clientTransport.disconnecting)
+        self.assertEqual(h.connector.attempts, [])
+
+    def test_headerTimeoutPerHead(self):
+        """
+        Each head has the whole header timeout, counted from its own first
+        byte; a head completed in time lets the timer lapse.
+        """
+        h = Harness(self)
+        h.send(GET[:10])
+        h.clock.advance(9)
+        h.send(GET[10:])
+        upstream = h.connect()
+        upstream.dataReceived(OK)
+        self.assertTrue(h.received().startswith(b"HTTP/1.1 200 "))
+        h.clock.advance(5)
+        h.send(GET[:10])
+        h.clock.advance(9)
+        self.assertEqual(h.received(), b"")
+        h.send(GET[10:])
+        h.clock.advance(10)
+        self.assertEqual(h.received(), b"")
+        self.assertFalse(h.client.clientTransport.disconnecting)
+
     def test_timeoutPerRequest(self):
         """
         The response timeout counts from each request: a second request

@@ -228,6 +228,14 @@ class _Reader:
         self._error = ProtocolError(status, reason)
         return self._error
 
+    @property
+    def inHead(self) -> bool:
+        """
+        Whether a message's head has begun and not yet ended: the server
+        times how long a client takes to send its head.
+        """
+        return self._inHead
+
     def on_message_begin(self) -> None:
         self._inHead = True
         self._size = 0

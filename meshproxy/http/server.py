@@ -113,6 +113,11 @@ class ServerContext:
         whose connections carry requests for any service.
     @ivar responseTimeout: seconds an endpoint has, once the whole request
         was sent to it, to start its response; 0 waits forever.
+    @ivar headerTimeout: seconds a client has, from the first byte of a
+        request, to send its whole head; then it gets 408 and the
+        connection closes; 0 waits for ever.  A client trickling its
+        headers (slowloris) would otherwise hold a connection, and its
+        buffers, for ever.
     @ivar attempts: how many endpoints a request tries to connect to
         before it fails with 502.
     @ivar h2: the proxy's L{meshproxy.http.h2client.H2Pool}, the HTTP/2
@@ -136,6 +141,7 @@ class ServerContext:
     tls: str = "no_identity"
     target: str = ""
     responseTimeout: float = 30.0
+    headerTimeout: float = 10.0
     attempts: int = 3
     h2: object = None
     clientId: str = ""
@@ -203,6 +209,11 @@ class HTTPServerProtocol(Exchange, Protocol):
     @ivar _timer: the response timer, or L{None}.  It is set once and left
         to run, not set and cancelled per request: when it fires it looks at
         C{_deadline} and waits again for what is left, or lapses.
+    @ivar _headSince: when the head the client is sending began, while it
+        is incomplete; L{None} otherwise.
+    @ivar _headTimer: the header timer, or L{None}.  Only a head split
+        over several reads starts it, and like the response timer it is
+        left to run and looks at C{_headSince} when it fires.
 
     @ivar _chunkedOut: whether the response body is chunked to the client
         (reset with the exchange).
@@ -217,6 +228,8 @@ class HTTPServerProtocol(Exchange, Protocol):
     _next = None
     _held: list[bytes] | None = None
     _timer = None
+    _headSince: float | None = None
+    _headTimer = None
 
     def __init__(self, context: ServerContext) -> None:
         self._context = context
@@ -257,6 +270,8 @@ class HTTPServerProtocol(Exchange, Protocol):
         if self._closing:
             return
         self._parse(data)
+        if self._reader.inHead and self._headSince is None:
+            self._headBegan()
         self._drain()
         if self._queue and self._requestDone:
             self._setPaused(_WAITING, True)
@@ -285,9 +300,10 @@ class HTTPServerProtocol(Exchange, Protocol):
             return
         self._closing = True
         self._abandon(True)
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        for timer in (self._timer, self._headTimer):
+            if timer is not None:
+                timer.cancel()
+        self._timer = self._headTimer = None
         self._src.closed(reason.check(ConnectionDone) is not None)
 
     # IDrainable, for the proxy's graceful shutdown.
@@ -373,7 +389,34 @@ class HTTPServerProtocol(Exchange, Protocol):
         finally:
             self._draining = False
 
+    def _headBegan(self) -> None:
+        """
+        A head is arriving over several reads: time it.
+        """
+        clock, timeout = self._context.clock, self._context.headerTimeout
+        self._headSince = clock.seconds()
+        if self._headTimer is None and timeout:
+            self._headTimer = clock.callLater(timeout, self._headTimerFired)
+
+    def _headTimerFired(self) -> None:
+        """
+        Answer 408 if the head in progress took too long; wait again if it
+        has time left, or if an earlier request's response comes first;
+        lapse if no head is in progress.
+        """
+        self._headTimer = None
+        if self._headSince is None or self._closing:
+            return
+        clock, timeout = self._context.clock, self._context.headerTimeout
+        left = self._headSince + timeout - clock.seconds()
+        if self._head is not None or left > 0:
+            self._headTimer = clock.callLater(left if left > 0 else timeout, self._headTimerFired)
+            return
+        self._log.info("Request head from {peer} not complete in {timeout}s", peer=self.transport.getPeer(), timeout=timeout)
+        self._refuse(408, "request header timeout")
+
     def _requestHead(self, head: RequestHead) -> None:
+        self._headSince = None
         context = self._context
         self._head = head
         self._started = context.clock.seconds()
@@ -423,13 +466,20 @@ class HTTPServerProtocol(Exchange, Protocol):
             status=error.status,
             reason=error.reason,
         )
+        self._refuse(error.status, error.reason)
+
+    def _refuse(self, status: int, reason: str) -> None:
+        """
+        Answer a client that broke HTTP with C{status} and close, or just
+        close if a response to it has begun.
+        """
         # The client broke the exchange, not the endpoint.
         self._abandon(True)
         if self._status:
             self._close()
             return
         self._closeAfter = True
-        self._respondError(error.status, error.reason)
+        self._respondError(status, reason)
 
     # Endpoints.
 
