@@ -39,6 +39,23 @@ class WaiterTests(SynchronousTestCase):
         self.balancer.update([A])
         self.assertEqual(self.successResultOf(self.waiter.pick()).endpoint, C)
 
+    def test_retryStopsEarly(self):
+        """
+        A balancer event while many requests wait costs no picks when no
+        endpoint is usable; one that makes an endpoint usable serves them.
+        """
+        picks = []
+        pick = self.balancer.pick
+        self.balancer.pick = lambda exclude=frozenset(): picks.append(exclude) or pick(exclude)
+        self.ejectAll()
+        waiting = [self.waiter.pick() for _ in range(100)]
+        del picks[:]
+        self.balancer.update([A, B])
+        self.assertEqual(picks, [])
+        self.balancer.update([A, B, C])
+        for d in waiting:
+            self.assertEqual(self.successResultOf(d).endpoint, C)
+
     def test_usableAtOnce(self):
         pick = self.successResultOf(self.waiter.pick(exclude={B}))
         self.assertEqual(pick.endpoint, A)

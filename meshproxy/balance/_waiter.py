@@ -100,7 +100,12 @@ class Waiter:
         """
         # A pick's callbacks may finish picks, and so eject endpoints and
         # call this again: walk a copy, and skip whoever was served since.
+        # Balancer events come often while many requests wait, so stop as
+        # soon as no pick is possible for anyone: with no usable endpoint,
+        # or when a request that excludes nothing found none.
         for waiting, (exclude, timeout) in list(self._waiting.items()):
+            if not self._balancer.ready:
+                break
             if waiting not in self._waiting:
                 continue
             pick = self._balancer.pick(exclude)
@@ -108,6 +113,8 @@ class Waiter:
                 del self._waiting[waiting]
                 timeout.cancel()
                 waiting.callback(pick)
+            elif not exclude:
+                break
         self._schedule()
 
     def _schedule(self) -> None:
