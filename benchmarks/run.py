@@ -442,25 +442,34 @@ def idle(run: Run, backend: int, count: int) -> None:
 
 def render(rows: list[dict]) -> str:
     """
-    The table: each row against HAProxy's row of the same scenario.
+    The table: each row against the direct row and HAProxy's row of the
+    same scenario.
     """
-    reference = {row["scenario"]: row["rate"] for row in rows if row["subject"].startswith("haproxy")}
+
+    def reference(prefix: str) -> dict:
+        return {row["scenario"]: row["rate"] for row in rows if row["subject"].startswith(prefix)}
+
+    direct, haproxy = reference("direct"), reference("haproxy")
     header = (
         f"{'scenario':<22} {'subject':<28} {'rate':>9} {'unit':<6} {'p50 ms':>7} {'p99 ms':>7} "
-        f"{'vs haproxy':>10} {'CPU us/op':>9} {'RSS MB':>7}  notes"
+        f"{'vs direct':>9} {'vs haproxy':>10} {'CPU us/op':>9} {'RSS MB':>7}  notes"
     )
     lines = [header, "-" * len(header)]
 
     def number(value, spec):
         return "-" if value is None else format(value, spec)
 
+    def ratio(rate, base):
+        return rate / base if rate is not None and base else None
+
     for row in rows:
-        rate, base = row["rate"], reference.get(row["scenario"])
-        ratio = rate / base if rate is not None and base else None
+        rate, scenario = row["rate"], row["scenario"]
         lines.append(
-            f"{row['scenario']:<22} {row['subject']:<28} {'n/a' if rate is None else format(rate, '.0f'):>9} "
+            f"{scenario:<22} {row['subject']:<28} {'n/a' if rate is None else format(rate, '.0f'):>9} "
             f"{row['unit']:<6} {number(row.get('p50'), '.2f'):>7} {number(row.get('p99'), '.2f'):>7} "
-            f"{number(ratio, '.2f'):>10} {number(row.get('cpu'), '.0f'):>9} {number(row.get('rss'), '.0f'):>7}  "
+            f"{number(ratio(rate, direct.get(scenario)), '.2f'):>9} "
+            f"{number(ratio(rate, haproxy.get(scenario)), '.2f'):>10} "
+            f"{number(row.get('cpu'), '.0f'):>9} {number(row.get('rss'), '.0f'):>7}  "
             f"{'not served: ' if rate is None else ''}{row.get('errors', '')}"
         )
     return "\n".join(lines)
