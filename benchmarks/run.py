@@ -356,7 +356,9 @@ listen h2c
     run.h2c("haproxy", port, [run.start(proxy, port)])
     port = freePort()
     if meshH2c:
-        run.h2c("meshproxy", port, [run.start(meshproxy(run.directory, port, [backend], opaque=False))])
+        # meshproxy keeps HTTP/2 from the app HTTP/2 to the app (gRPC needs
+        # it), so its endpoint is the backend's h2c port.
+        run.h2c("meshproxy", port, [run.start(meshproxy(run.directory, port, [h2backend], opaque=False))])
     else:
         run.h2c("meshproxy", None, [])
 
