@@ -245,7 +245,7 @@ def handshakes(port: int, mesh: Mesh, duration: float, threads: int = 4) -> int:
     def connect(index: int) -> None:
         while time.monotonic() < deadline:
             with socket.create_connection(("127.0.0.1", port)) as raw:
-                with context.wrap_socket(raw, server_hostname=SERVER) as tls:
+                with context.wrap_socket(raw, server_hostname=SERVER):
                     # The server verifies the client's certificate after
                     # the client's handshake ends (TLS 1.3): its CPU time
                     # counts whenever it does.

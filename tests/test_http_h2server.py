@@ -20,7 +20,6 @@ from h2.events import (
     StreamEnded,
     StreamReset,
     TrailersReceived,
-    WindowUpdated,
 )
 from h2.settings import SettingCodes
 from hyperframe.frame import Frame

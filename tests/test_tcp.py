@@ -308,7 +308,7 @@ class RelayTests(SynchronousTestCase):
         A failed connection attempt is reported to the balancer and the next
         attempt excludes the endpoints already tried.
         """
-        relay = self.accept(b"hello")
+        self.accept(b"hello")
         self.connector.fail(ConnectionRefusedError())
         self.connector.fail(TCPTimedOutError())
         _, server = self.connector.succeed()

@@ -31,7 +31,6 @@ def exposition(requests: int, ok: int, failed: int, fast: int, a: tuple[int, int
     all of them within 10 ms and the rest within 20 ms; and whose two
     endpoints of C{web} finished (successes, failures) C{a} and C{b}.
     """
-    answered = ok + failed
     labels = 'direction="outbound",authority="web",tls="no_identity"'
     return f"""\
 # HELP request_total HTTP requests.
