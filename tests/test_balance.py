@@ -21,7 +21,8 @@ from meshproxy.balance import (
     RoundRobin,
 )
 from meshproxy.balance._ewma import PeakEWMA
-from meshproxy.balance._health import CONSECUTIVE_FAILURES, ejectionBackoff
+from meshproxy.backoff import backoffPolicy as ejectionBackoff
+from meshproxy.balance._health import CONSECUTIVE_FAILURES
 from meshproxy.config import BALANCERS as CONFIG_BALANCERS, Address, Endpoint
 
 

@@ -16,7 +16,8 @@ from zope.interface import implementer
 
 from ..config import Endpoint
 from ._endpoint import EndpointSnapshot, EndpointState, Pick
-from ._health import State, ejectionBackoff
+from ..backoff import backoffPolicy
+from ._health import State
 from ._interfaces import IBalancer
 
 __all__ = ["Balancer"]
@@ -58,7 +59,7 @@ class Balancer:
             from twisted.internet import reactor as clock
         self._clock = clock
         self._random = Random() if random is None else random
-        self._backoff = ejectionBackoff(self._random)
+        self._backoff = backoffPolicy(self._random)
         self._states: dict[Endpoint, EndpointState] = {}
         self._listeners: list[Callable[[], None]] = []
         self.update(endpoints)

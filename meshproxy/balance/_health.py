@@ -32,42 +32,11 @@ PROBING one.
 
 from collections.abc import Callable
 from enum import Enum
-from random import Random
 
-__all__ = ["CONSECUTIVE_FAILURES", "Health", "State", "ejectionBackoff"]
+__all__ = ["CONSECUTIVE_FAILURES", "Health", "State"]
 
 #: Consecutive failures that eject an endpoint (linkerd2-proxy's default).
 CONSECUTIVE_FAILURES = 7
-
-
-def ejectionBackoff(
-    random: Random, minimum: float = 1.0, maximum: float = 60.0, jitter: float = 0.5
-) -> Callable[[int], float]:
-    """
-    How long the ejections of an endpoint last, as Twisted's
-    L{twisted.application.internet.backoffPolicy} says how long a client
-    waits to reconnect, with linkerd2-proxy's numbers and jitter.
-
-    The base doubles with each ejection in a row, from C{minimum} up to
-    C{maximum}; a random share of up to C{jitter} times the base is added,
-    but never past C{maximum}.  The jitter keeps endpoints ejected together
-    (a backend restart) from being probed together ever after.
-
-    @param random: the source of the jitter.
-    @param minimum: the first ejection's base, in seconds.
-    @param maximum: the longest ejection, in seconds.
-    @param jitter: the largest share of the base added at random.
-    @return: a function from the number of ejections before this one (0
-        for the first) to the ejection's length in seconds.
-    """
-
-    def policy(attempt: int) -> float:
-        # 2 ** 64 seconds is past any maximum; a bound keeps the float
-        # power from overflowing after a very long outage.
-        base = min(minimum * 2.0 ** min(attempt, 64), maximum)
-        return min(base * (1.0 + jitter * random.random()), maximum)
-
-    return policy
 
 
 class State(Enum):
@@ -105,7 +74,7 @@ class Health:
     @ivar ejections: the ejections in a row, without a successful probe
         between them: the backoff attempt.
     @ivar until: when L{State.EJECTED}, the time the probe may go.
-    @ivar _backoff: the ejection length policy, as L{ejectionBackoff}
+    @ivar _backoff: the ejection length policy, as L{meshproxy.backoff.backoffPolicy}
         returns.
     @ivar _changed: called after each transition that changes when the
         endpoint is usable.

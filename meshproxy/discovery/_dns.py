@@ -39,7 +39,7 @@ from twisted.names.error import DNSNameError
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ..balance._health import ejectionBackoff
+from ..backoff import backoffPolicy
 from ..config import Address, ConfigError, Endpoint, readEndpoint
 from ._interfaces import IEndpointSink, IResolver
 
@@ -121,7 +121,7 @@ class SRVSchedule:
     """
 
     def __init__(self, random: Random, grace: float = NXDOMAIN_GRACE) -> None:
-        self._backoff = ejectionBackoff(random, minimum=1.0, maximum=30.0)
+        self._backoff = backoffPolicy(random, minimum=1.0, maximum=30.0)
         self._grace = grace
         self.missingSince: float | None = None
         self.failures = 0

@@ -42,7 +42,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from ..balance._health import ejectionBackoff
+from ..backoff import backoffPolicy
 from ..config import ConfigError, Endpoint, readEndpoint
 from ._gateway import EtcdError, EtcdGateway
 from ._interfaces import IEndpointSink, IResolver
@@ -201,7 +201,7 @@ class EtcdResolver:
         self._gateway = gateway
         self._prefix = prefix
         self._clock = clock
-        self._backoff = ejectionBackoff(random, minimum=0.25, maximum=10.0)
+        self._backoff = backoffPolicy(random, minimum=0.25, maximum=10.0)
         self.mirror = EtcdMirror(prefix.encode("utf-8"), "etcd", mtls, self._problem)
         self.failures = 0
         self._sink: IEndpointSink | None = None

@@ -73,6 +73,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer, IResponse
 from zope.interface import Interface, implementer
 
+from ..backoff import doubling
 from ..config import Address
 from ..metrics import ProxyMetrics
 from .certify import MalformedMessage, decodeError, decodeResponse, encodeRequest, makeCSR, makeKey
@@ -137,7 +138,7 @@ def retryDelay(failures: int, now: float, expires: float | None, sample: float) 
     exchanges in a row.
 
     The base is L{RETRY_MINIMUM} doubled after each failure, up to
-    L{RETRY_MAXIMUM}; the wait is the base times a factor between
+    L{RETRY_MAXIMUM} (L{meshproxy.backoff.doubling}); the wait is the base times a factor between
     M{1 - RETRY_JITTER} and M{1 + RETRY_JITTER}.  While the current
     certificate is valid the wait ends at its expiry at the latest: from
     then on the join token is the only credential left, and it is tried at
@@ -149,9 +150,7 @@ def retryDelay(failures: int, now: float, expires: float | None, sample: float) 
         there is none.
     @param sample: a random number in [0, 1) that picks the jitter.
     """
-    # 2 ** 64 seconds is past any maximum; the bound keeps the float power
-    # from overflowing after a very long outage.
-    base = min(RETRY_MINIMUM * 2.0 ** min(failures - 1, 64), RETRY_MAXIMUM)
+    base = doubling(failures - 1, RETRY_MINIMUM, RETRY_MAXIMUM)
     delay = base * (1.0 + RETRY_JITTER * (2.0 * sample - 1.0))
     if expires is not None and now < expires:
         return min(delay, expires - now)
