@@ -10,6 +10,7 @@ detection unless the port is opaque.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 
 from twisted.application.service import Service
@@ -126,6 +127,23 @@ def outboundFactory(http: HTTPBuilder, clock: IReactorTime, metrics: ProxyMetric
     return DetectingFactory(choose, clock, detectTimeout)
 
 
+def _tuneAccepted(port: IListeningPort) -> None:
+    """
+    Set, once on a TCP listening socket, the options every connection it
+    accepts inherits (as Linux copies them at accept): C{TCP_NODELAY},
+    because a proxy forwards each chunk as it arrives and Nagle's algorithm
+    would hold a small write (a response head, an HTTP/2 frame) until the
+    previous one is acknowledged; C{SO_KEEPALIVE}, so that a client that
+    vanished without a FIN is noticed on an idle connection.  The
+    connections the proxy opens get the same options (L{meshproxy.endpoint}).
+    """
+    listening = getattr(port, "socket", None)
+    if listening is None or listening.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    listening.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    listening.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+
+
 class ListenerService(Service):
     """
     Listen on one endpoint string while running.
@@ -164,6 +182,7 @@ class ListenerService(Service):
 
     def _bound(self, port: IListeningPort) -> None:
         self._port = port
+        _tuneAccepted(port)
         self._log.info("Listening on {description} ({address})", description=self.description, address=port.getHost())
         self._listening()
 

@@ -4,15 +4,18 @@ Tests for L{meshproxy.listener}: what an inbound listener does with TLS.
 
 from __future__ import annotations
 
+from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
-from twisted.internet.protocol import Protocol
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import capturedLogs
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from meshproxy.balance import RoundRobin, Waiter
 from meshproxy.config import Address, Endpoint
 from meshproxy.identity.store import IdentityStore
-from meshproxy.listener import relayFactory
+from meshproxy.listener import ListenerService, relayFactory
 from meshproxy.metrics import ProxyMetrics
 from meshproxy.tcp import Target
 from meshproxy.tls import MeshTLS
@@ -110,3 +113,29 @@ class InboundTLSTests(SynchronousTestCase):
         self.failureResultOf(verified)
         self.assertEqual(self.connector.attempts, [])
         self.assertTrue(any("No identity certificate yet" in e["log_format"] for e in events))
+
+
+class ListenerServiceTests(TestCase):
+    """
+    L{ListenerService} on a real loopback port.
+    """
+
+    async def test_acceptedSocketOptions(self):
+        """
+        Connections accepted on a TCP listener have C{TCP_NODELAY} and
+        C{SO_KEEPALIVE}, set once on the listening socket.
+        """
+        accepted = Deferred()
+
+        class Record(Protocol):
+            def connectionMade(self):
+                accepted.callback((self.transport.getTcpNoDelay(), self.transport.getTcpKeepAlive()))
+
+        service = ListenerService(reactor, "tcp:0:interface=127.0.0.1", Factory.forProtocol(Record), lambda: None)
+        service.privilegedStartService()
+        service.startService()
+        self.addCleanup(service.stopService)
+        port = service._port.getHost().port
+        client = await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), Protocol())
+        self.addCleanup(client.transport.loseConnection)
+        self.assertEqual(await accepted, (True, True))

@@ -53,7 +53,7 @@ from h2.exceptions import ProtocolError as H2ProtocolError
 from h2.exceptions import StreamClosedError
 from hyperframe.frame import GoAwayFrame
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IPushProducer, ITCPTransport
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -334,10 +334,6 @@ class H2ServerProtocol(Protocol):
 
     def connectionMade(self) -> None:
         self._src.opened()
-        if ITCPTransport.providedBy(self.transport):
-            # Many small frames in flight both ways: Nagle's algorithm would
-            # hold each write until the previous one is acknowledged.
-            self.transport.setTcpNoDelay(True)
         self.transport.registerProducer(self, True)
         self._context.registry.add(self)
         self._flush()
