@@ -406,6 +406,10 @@ class Reader:
         #: which endpoints with an identity cannot be reached; set by
         #: L{proxy}, which is read before the services.
         self.mtls = False
+        #: Whether C{[proxy]} names an identity, valid or not: the checks
+        #: that pair it with C{[identity]} look at the key, so that one
+        #: mistake in the name is one error, not two.
+        self.named = False
 
     def relative(self, text: str) -> FilePath:
         """
@@ -448,8 +452,15 @@ class Reader:
         inboundTables = root.tables("inbound")
         inbound = tuple(filter(None, map(self.inbound, inboundTables)))
         outbound = self.outbound(root.table("outbound"))
-        if identity is not None and proxy.identity is None:
+        if identity is not None and not self.named:
             root.error("identity", "this table certifies proxy.identity, which is not set")
+        if identity is None and self.named:
+            # Without a source of certificates the proxy would never be ready.
+            root.error(
+                "identity",
+                "missing: proxy.identity needs an [identity] table to get its certificate from:"
+                " issuer, issuer_identity and token_file, or cert_file and key_file",
+            )
         services = self.services(root.table("services"))
         upstreamTables = root.tables("upstreams")
         upstreams = tuple(filter(None, (self.upstream(t, services) for t in upstreamTables)))
@@ -490,6 +501,7 @@ class Reader:
         if "identity" in keys and "trust_anchors" not in keys:
             table.error("trust_anchors", "missing: an identity needs the trust anchors that verify its peers")
         self.mtls = {"identity", "trust_anchors"} <= keys
+        self.named = "identity" in keys
         table.done()
         return proxy
 

@@ -27,6 +27,10 @@ detect_timeout = "250ms"
 connect_timeout = "2s"
 shutdown_grace = "1m"
 
+[identity]
+cert_file = "ca.pem"
+key_file = "ca.pem"
+
 [admin]
 listen = "tcp:0:interface=127.0.0.1"
 
@@ -322,8 +326,19 @@ class IdentityConfigTests(_ConfigFiles, SynchronousTestCase):
         self.assertOneError(errors, "identity.cert_file: a static certificate and an issuer (issuer, issuer_identity, token_file)")
 
     def test_identityNeedsAnchors(self):
-        errors = self.errors('[proxy]\nidentity = "web.mesh.local"\n' + self.LISTENER)
+        errors = self.errors(
+            '[proxy]\nidentity = "web.mesh.local"\n[identity]\ncert_file = "ca.pem"\nkey_file = "ca.pem"\n'
+            + self.LISTENER
+        )
         self.assertOneError(errors, "proxy.trust_anchors: missing")
+
+    def test_identityNeedsACertificateSource(self):
+        """
+        An identity with no [identity] table could never get a certificate,
+        so the proxy would never be ready: refused, naming the table.
+        """
+        errors = self.errors('[proxy]\nidentity = "web.mesh.local"\ntrust_anchors = "ca.pem"\n' + self.LISTENER)
+        self.assertOneError(errors, "identity: missing: proxy.identity needs an [identity] table")
 
     def test_identityTableNeedsIdentity(self):
         errors = self.errors('[identity]\ncert_file = "ca.pem"\nkey_file = "ca.pem"\n' + self.LISTENER)

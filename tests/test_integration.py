@@ -338,6 +338,7 @@ class StartupTests(TestCase):
         proxy = Proxy(
             self,
             '[proxy]\nidentity = "web.mesh.local"\ntrust_anchors = "ca.pem"\n'
+            '[identity]\ncert_file = "ca.pem"\nkey_file = "ca.pem"\n'
             '[[inbound]]\nlisten = "tcp:0"\napp = "127.0.0.1:1"\n',
         )
         proxy.directory.child("ca.pem").setContent(b"not a certificate\n")
