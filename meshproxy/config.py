@@ -57,6 +57,8 @@ UPGRADES = ("h2", "none")
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_SIZE = re.compile(r"^(\d+)(B|KiB|MiB|GiB)$")
+_SIZES = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}
 _DNS_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 #: The keys of C{[identity]} that get certificates from an issuer.
 _ISSUER_KEYS = frozenset({"issuer", "issuer_identity", "token_file"})
@@ -91,6 +93,24 @@ def parseDuration(text: str) -> float:
     if match is None:
         raise ValueError(f"expected a duration like \"250ms\" or \"10s\", got {text!r}")
     return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def parseSize(text: str) -> int:
+    """
+    Parse a size in bytes such as C{"64KiB"}, C{"10MiB"} or C{"0"}.
+
+    A unit is required (except for zero), for the same reason as in
+    L{parseDuration}; only the binary units exist, so that C{"1MiB"} means
+    one thing.
+
+    @raise ValueError: if C{text} is not a size.
+    """
+    if text == "0":
+        return 0
+    match = _SIZE.match(text)
+    if match is None:
+        raise ValueError(f"expected a size like \"64KiB\" or \"10MiB\", got {text!r}")
+    return int(match.group(1)) * _SIZES[match.group(2)]
 
 
 @frozen
@@ -257,6 +277,15 @@ class Proxy:
     discovery_timeout: float = 10.0
     #: Reactor processes sharing the listeners (L{meshproxy.workers}).
     workers: int = 1
+    #: Accepted connections open at once, per process; 0 derives it from
+    #: the open-files limit (L{meshproxy.limits}).
+    max_connections: int = 0
+    #: HTTP requests in progress at once, per process; 0 for no limit.
+    max_requests: int = 10000
+    #: The largest HTTP/1 header section (and HTTP/2 header list) accepted.
+    max_header_bytes: int = 64 * 1024
+    #: The largest request body accepted; 0 for no limit.
+    max_request_body: int = 0
 
 
 @frozen
@@ -494,9 +523,18 @@ class Reader:
             header_timeout=table.convert("header_timeout", parseDuration, defaults.header_timeout),
             discovery_timeout=table.convert("discovery_timeout", parseDuration, defaults.discovery_timeout),
             workers=table.get("workers", int, "a positive number of processes", defaults.workers),
+            max_connections=table.get("max_connections", int, "a number of connections", defaults.max_connections),
+            max_requests=table.get("max_requests", int, "a number of requests", defaults.max_requests),
+            max_header_bytes=table.convert("max_header_bytes", parseSize, defaults.max_header_bytes),
+            max_request_body=table.convert("max_request_body", parseSize, defaults.max_request_body),
         )
         if proxy.workers < 1:
             table.error("workers", f"expected a positive number of processes, got {proxy.workers}")
+        for key in ("max_connections", "max_requests"):
+            if getattr(proxy, key) < 0:
+                table.error(key, f"expected 0 (no limit of its own) or more, got {getattr(proxy, key)}")
+        if proxy.max_header_bytes < 1024:
+            table.error("max_header_bytes", f"expected at least 1KiB, got {proxy.max_header_bytes} bytes")
         keys = set(table.keys())
         if "identity" in keys and "trust_anchors" not in keys:
             table.error("trust_anchors", "missing: an identity needs the trust anchors that verify its peers")

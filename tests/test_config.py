@@ -17,6 +17,7 @@ from meshproxy.config import (
     load,
     parseAddress,
     parseDuration,
+    parseSize,
 )
 
 VALID = """\
@@ -68,6 +69,20 @@ class DurationTests(SynchronousTestCase):
             with self.assertRaises(ValueError) as e:
                 parseDuration(text)
             self.assertIn("250ms", str(e.exception))
+
+
+class SizeTests(SynchronousTestCase):
+    def test_units(self):
+        self.assertEqual(
+            [parseSize(t) for t in ("0", "512B", "64KiB", "10MiB", "1GiB")],
+            [0, 512, 65536, 10 << 20, 1 << 30],
+        )
+
+    def test_invalid(self):
+        for text in ("10", "1.5MiB", "-1KiB", "64KB", "64 KiB", ""):
+            with self.assertRaises(ValueError) as e:
+                parseSize(text)
+            self.assertIn("64KiB", str(e.exception))
 
 
 class AddressTests(SynchronousTestCase):
@@ -144,6 +159,34 @@ class LoadTests(_ConfigFiles, SynchronousTestCase):
         self.assertEqual(config.admin.listen, "tcp:4191:interface=127.0.0.1")
         self.assertFalse(config.admin.shutdown)
         self.assertIsNone(config.identity)
+
+    def test_limits(self):
+        """
+        The C{max_*} caps of C{[proxy]}: defaults, sizes, and values that
+        make no sense refused with the key named.
+        """
+        inbound = '[[inbound]]\nlisten = "tcp:4143"\napp = "127.0.0.1:80"\n'
+        proxy = load(self.write(inbound)).proxy
+        self.assertEqual(
+            (proxy.max_connections, proxy.max_requests, proxy.max_header_bytes, proxy.max_request_body),
+            (0, 10000, 65536, 0),
+        )
+        text = '[proxy]\nmax_connections = 100\nmax_requests = 5\nmax_header_bytes = "8KiB"\nmax_request_body = "1MiB"\n'
+        proxy = load(self.write(text + inbound)).proxy
+        self.assertEqual(
+            (proxy.max_connections, proxy.max_requests, proxy.max_header_bytes, proxy.max_request_body),
+            (100, 5, 8192, 1 << 20),
+        )
+        errors = self.errors('[proxy]\nmax_connections = -1\nmax_requests = "5"\nmax_header_bytes = "100B"\nmax_request_body = "1MB"\n' + inbound)
+        self.assertEqual(
+            errors,
+            [
+                "proxy.max_requests: expected a number of requests, got '5'",
+                "proxy.max_request_body: expected a size like \"64KiB\" or \"10MiB\", got '1MB'",
+                "proxy.max_connections: expected 0 (no limit of its own) or more, got -1",
+                "proxy.max_header_bytes: expected at least 1KiB, got 100 bytes",
+            ],
+        )
 
     def test_adminShutdown(self):
         """
