@@ -22,7 +22,7 @@ from h2.events import (
     TrailersReceived,
 )
 from h2.settings import SettingCodes
-from hyperframe.frame import Frame
+from hyperframe.frame import Frame, PingFrame
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
@@ -83,7 +83,17 @@ class Harness:
     accepted client connection.
     """
 
-    def __init__(self, direction="outbound", identity=None, router=None, clientId="", responseTimeout=30.0) -> None:
+    def __init__(
+        self,
+        direction="outbound",
+        identity=None,
+        router=None,
+        clientId="",
+        responseTimeout=30.0,
+        headerTimeout=10.0,
+        transport=None,
+        keepAlive=0.0,
+    ) -> None:
         self.clock = Clock()
         self.endpoint = Endpoint(Address("10.0.0.1", 80), identity)
         self.balancer = RoundRobin([self.endpoint], self.clock, Random(0))
@@ -102,11 +112,14 @@ class Harness:
             tls="true",
             target="web",
             responseTimeout=responseTimeout,
+            headerTimeout=headerTimeout,
             h2=self.h2,
             clientId=clientId,
         )
-        self.server = H2ServerProtocol(self.context)
-        self.server.makeConnection(StringTransport())
+        # The client here answers only when pumped: no keep-alive PINGs
+        # unless a test asks for them.
+        self.server = H2ServerProtocol(self.context, keepAlive)
+        self.server.makeConnection(transport or StringTransport())
         self.client = Peer(clientSide=True)
         self.client.pump(self.server)
 
@@ -373,6 +386,53 @@ class AbuseTests(SynchronousTestCase):
         h = Harness()
         h.server.dataReceived(b"\x00\x00\x01\x09\x00\x00\x00\x00\x01x")
         self.assertTrue(h.server.transport.disconnecting)
+
+
+class KeepAliveTests(SynchronousTestCase):
+    def pings(self, h: Harness) -> list:
+        return [f for f in frames(h.server.transport.value()) if isinstance(f, PingFrame) and "ACK" not in f.flags]
+
+    def test_ping(self):
+        """
+        A client quiet for a whole interval is sent a PING; one that
+        answers keeps its connection.
+        """
+        h = Harness(keepAlive=10)
+        h.server.transport.clear()
+        h.clock.advance(10)
+        self.assertEqual(self.pings(h), [])
+        h.clock.advance(10)
+        self.assertEqual(len(self.pings(h)), 1)
+        for _ in range(5):
+            h.client.pump(h.server)
+            h.clock.advance(10)
+            h.clock.advance(10)
+        self.assertFalse(h.server.transport.disconnecting)
+
+    def test_noAnswer(self):
+        """
+        A client that does not answer the PING by the next interval is
+        gone: its connection is aborted.
+        """
+        h = Harness(keepAlive=10)
+        h.clock.pump([10, 10])
+        self.assertFalse(h.server.transport.disconnecting)
+        h.clock.advance(10)
+        self.assertTrue(h.server.transport.disconnected)
+
+    def test_notWhileNotRead(self):
+        """
+        While the server does not read the client (its transport is full),
+        the client's answer could not come: it is not judged.
+        """
+        h = Harness(keepAlive=10)
+        h.clock.pump([10, 10])
+        h.server.pauseProducing()
+        h.clock.pump([10, 10, 10])
+        self.assertFalse(h.server.transport.disconnecting)
+        h.server.resumeProducing()
+        h.clock.advance(10)
+        self.assertTrue(h.server.transport.disconnected)
 
 
 class DrainTests(SynchronousTestCase):

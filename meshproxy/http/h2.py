@@ -39,7 +39,10 @@ from http import HTTPStatus
 
 from h2.config import H2Configuration
 from h2.connection import H2Connection
+from h2.exceptions import DenialOfServiceError
+from h2.frame_buffer import FrameBuffer
 from h2.settings import SettingCodes, Settings
+from hyperframe.frame import ContinuationFrame, HeadersFrame
 
 from .h1 import ProtocolError, RequestHead, ResponseHead
 
@@ -50,6 +53,8 @@ __all__ = [
     "MAX_FRAME_SIZE",
     "ORIG_PROTO",
     "STREAM_WINDOW",
+    "FloodBudget",
+    "HeaderBoundFrameBuffer",
     "ResetBudget",
     "StreamSender",
     "newConnection",
@@ -107,6 +112,7 @@ def newConnection(clientSide: bool) -> H2Connection:
         normalize_inbound_headers=True,
     )
     connection = H2Connection(config)
+    connection.incoming_buffer = HeaderBoundFrameBuffer(server=not clientSide)
     connection.local_settings = Settings(
         client=clientSide,
         initial_values={
@@ -410,3 +416,110 @@ class StreamSender:
             self._connection.send_headers(self.streamId, trailers, end_stream=True)
         else:
             self._connection.end_stream(self.streamId)
+
+
+class FloodBudget:
+    """
+    Protection against floods of frames that make the proxy work without
+    carrying a request or a response: PING and SETTINGS (CVE-2019-9512,
+    CVE-2019-9515), empty DATA frames (CVE-2019-9518), PRIORITY
+    (CVE-2019-9513), WINDOW_UPDATE, frames on streams already reset,
+    frames of unknown types.  Each is cheap, but a client may send them
+    for ever, and C{h2} answers some by itself (a PING or a SETTINGS with
+    an acknowledgement, a frame on a reset stream with C{RST_STREAM}).
+
+    As in nginx's "http2 flood detected", what a client sends is weighed
+    against the work it asks for, rather than counted by frame kind (no
+    list of kinds keeps up with the next flood): every byte received is
+    spent from a balance, and request heads and bodies received and
+    response bodies sent earn twice their size back, so a connection that
+    moves requests and responses never runs short (a download's
+    C{WINDOW_UPDATE}s, an upload's frame headers).  Time earns C{rate}
+    bytes a second, so keep-alive PINGs on a quiet connection cost
+    nothing.  The balance never exceeds C{ceiling}: what a connection did
+    long ago does not pay for a flood now.  Below zero, the connection is
+    to be closed with C{ENHANCE_YOUR_CALM}.
+
+    @ivar _balance: bytes the peer may still send without progress.
+    @ivar _since: when time last earned.
+    """
+
+    def __init__(self, ceiling: int = 256 * 1024, rate: float = 4096.0) -> None:
+        self._ceiling = ceiling
+        self._rate = rate
+        self._balance = float(ceiling)
+        self._since = 0.0
+
+    def earn(self, size: int) -> None:
+        """
+        Progress: C{size} bytes of request or response.
+        """
+        balance = self._balance + 2 * size
+        self._balance = balance if balance < self._ceiling else self._ceiling
+
+    def charge(self, size: int) -> None:
+        """
+        Work the peer caused beyond the bytes it sent (a SETTINGS frame
+        walks every stream): it counts as C{size} more bytes.
+        """
+        self._balance -= size
+
+    def spend(self, size: int, now: float) -> bool:
+        """
+        Count C{size} bytes received at C{now}; whether the peer is over
+        its budget.
+        """
+        balance = self._balance + (now - self._since) * self._rate
+        self._since = now
+        if balance > self._ceiling:
+            balance = self._ceiling
+        balance -= size
+        self._balance = balance
+        return balance < 0
+
+
+#: The frame types a header block is made of.
+_HEADER_TYPES = (HeadersFrame.type, ContinuationFrame.type)
+
+
+class HeaderBoundFrameBuffer(FrameBuffer):
+    """
+    C{h2}'s frame buffer, with the header block in progress bounded in
+    bytes, and observable.
+
+    C{h2} gathers the CONTINUATION frames of a header block until its
+    C{END_HEADERS} and bounds only their number (64): at our frame size
+    that is 4 MiB held per connection and then decoded in one go, while
+    the HPACK decoder's list size limit only acts once decoding runs (the
+    CONTINUATION flood class, CVE-2024-27316 and kin).  No encoded field
+    is longer than the name, value and 32 octets the header list size
+    counts for it (a literal adds a few octets of lengths, and Huffman
+    coding is only used where it is shorter), so a block beyond
+    L{MAX_HEADER_LIST_SIZE} encoded could never be accepted decoded: it is
+    refused as it grows, with C{ENHANCE_YOUR_CALM}.
+
+    @ivar _blockSize: the bytes of the header block in progress.
+    """
+
+    _blockSize = 0
+
+    @property
+    def headerPending(self) -> bool:
+        """
+        Whether a header block has begun and not ended: HEADERS waiting
+        for its CONTINUATION frames, or a frame of either kind only partly
+        received.  The connection can do nothing else meanwhile, which is
+        why the server times it (slowloris).
+        """
+        data = self._data
+        return bool(self._headers_buffer) or (len(data) > 3 and data[3] in _HEADER_TYPES)
+
+    def _update_header_buffer(self, f):
+        if isinstance(f, (HeadersFrame, ContinuationFrame)) and (self._headers_buffer or "END_HEADERS" not in f.flags):
+            self._blockSize += len(f.data)
+            if self._blockSize > MAX_HEADER_LIST_SIZE:
+                raise DenialOfServiceError("header block larger than %d bytes" % MAX_HEADER_LIST_SIZE)
+        frame = super()._update_header_buffer(f)
+        if not self._headers_buffer:
+            self._blockSize = 0
+        return frame

@@ -14,9 +14,12 @@ Flow control is tied to the consumer in both directions:
 
   - Response bodies: received data is acknowledged (so the peer may send
     more) as soon as it was handed to the exchange, unless the exchange
-    said its client cannot take more (C{pauseReading}); then the credit
-    is withheld until C{resumeReading}.  What the proxy holds is bounded by
-    the stream window.
+    said its client cannot take more (C{pauseReading}); then the stream's
+    credit is withheld until C{resumeReading}.  What the proxy holds is
+    bounded by the stream window.  The connection's credit goes back at
+    once all the same (as grpc-go does): the connection is shared by the
+    streams of every client, and one client that stops reading sixteen
+    streams would otherwise spend its window and stall all the others.
   - Request bodies: a stream sends within the peer's windows and queues
     the rest (L{meshproxy.http.h2.StreamSender}), telling the exchange to
     stop its client (C{upstreamThrottled}); so does a full transport,
@@ -190,14 +193,19 @@ class _Stream:
 
     def _received(self, data: bytes, size: int) -> None:
         """
-        Response body: to the owner, acknowledged unless its client is full.
+        Response body: to the owner, acknowledged unless its client is full
+        (and then on the connection only).  An empty piece (a legal DATA
+        frame) is not passed on: to an HTTP/1 client it would be the last
+        chunk, and the rest of the body a response of its own.
         """
         owner = self._owner
         if self._paused and owner is not None:
             self._unacked += size
+            if size:
+                self._connection.h2.increment_flow_control_window(size)
         else:
             self._connection.h2.acknowledge_received_data(size, self.streamId)
-        if owner is not None:
+        if owner is not None and data:
             owner.responseEvents[DATA](data)
 
     def _acknowledge(self) -> None:

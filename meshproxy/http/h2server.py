@@ -22,9 +22,27 @@ the streams of a connection run at once, each with its own flow control:
 
 Denial of service: the concurrent streams, the header list size and the
 frame size are capped in the settings (L{meshproxy.http.h2}); C{h2} refuses
-peers that exceed them, and CONTINUATION floods.  Streams the client
-resets are counted (L{ResetBudget}): past the budget the connection ends
-with C{GOAWAY ENHANCE_YOUR_CALM}, the defence against Rapid Reset.
+peers that exceed them, and a header block is bounded in bytes as it grows
+(CONTINUATION floods).  Abuse ends the connection with C{GOAWAY
+ENHANCE_YOUR_CALM} and a warning naming the client:
+
+  - streams the client resets are counted (L{ResetBudget}), the defence
+    against Rapid Reset;
+  - what the client sends is weighed against the requests and responses
+    it moves (L{FloodBudget}): floods of PING, SETTINGS, empty DATA,
+    PRIORITY, WINDOW_UPDATE or unknown frames run out of budget;
+  - the connection preface and each header block must be complete within
+    the listener's header timeout, like an HTTP/1 request head.
+
+A client that sends without reading is not read either while its
+transport is full, so what C{h2} answers by itself (PING and SETTINGS
+acknowledgements) cannot pile up; a stalled stream pauses its upstream.
+
+A client that goes quiet is probed with a PING every C{keepAlive} seconds,
+and its connection aborted if the PING is still unanswered at the next:
+a client gone without a FIN (a crashed host, a dropped NAT entry) would
+otherwise hold its streams, their upstreams and buffers until TCP notices,
+hours later.
 
 Graceful shutdown (L{drain}): a C{GOAWAY} naming the last stream received;
 streams after it are refused, the others run to their end, and then the
@@ -42,6 +60,7 @@ from h2.errors import ErrorCodes
 from h2.events import (
     ConnectionTerminated,
     DataReceived,
+    PingAckReceived,
     RemoteSettingsChanged,
     RequestReceived,
     StreamEnded,
@@ -51,6 +70,7 @@ from h2.events import (
 )
 from h2.exceptions import ProtocolError as H2ProtocolError
 from h2.exceptions import StreamClosedError
+from h2.settings import SettingCodes
 from hyperframe.frame import GoAwayFrame
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IPushProducer
@@ -62,12 +82,16 @@ from zope.interface import implementer
 from ..drain import IDrainable
 from .exchange import CLIENT_FULL, Exchange
 from .h1 import ProtocolError, ResponseHead
-from .h2 import ResetBudget, StreamSender, newConnection, origProtoOf, requestFromHeaders, responseHeaders
+from .h2 import FloodBudget, ResetBudget, StreamSender, newConnection, origProtoOf, requestFromHeaders, responseHeaders
 
 __all__ = ["H2Exchange", "H2ServerProtocol"]
 
 # Why a stream's response is held back, besides CLIENT_FULL.
 _WINDOW = 2  # the client's window for it is spent
+
+#: What a SETTINGS frame costs in L{FloodBudget} bytes beyond its own:
+#: C{h2} walks every stream for a new initial window, and so do we.
+_SETTINGS_COST = 1024
 
 
 class H2Exchange(Exchange):
@@ -126,8 +150,11 @@ class H2Exchange(Exchange):
     def data(self, data: bytes, size: int) -> None:
         """
         A piece of request body, C{size} bytes of window (padding counts).
+        An empty one (a legal DATA frame) is not passed on: as an HTTP/1
+        chunk it would be the last one, and what follows it a new request
+        on the application's connection (request smuggling).
         """
-        if not self._done:
+        if data and not self._done:
             self._requestData(data)
             if self._paused:
                 self._unacked += size
@@ -193,10 +220,12 @@ class H2Exchange(Exchange):
     def responseData(self, data: bytes) -> None:
         if not self._writable():
             return
+        server = self._server
+        server._budget.earn(len(data))
         if not self._sender.send(data):
-            self._server._waiting.add(self)
+            server._wait(self)
             self._pauseResponse(_WINDOW, True)
-        self._server._flush()
+        server._flush()
 
     def responseEnd(self, trailers: list[tuple[bytes, bytes]] | None = None) -> None:
         """
@@ -260,7 +289,7 @@ class H2Exchange(Exchange):
         server._streams.pop(self._streamId, None)
         server._watched.discard(self)
         if self._sender.waiting:
-            server._waiting.add(self)
+            server._wait(self)
         elif not self._requestDone:
             server._reset(self._streamId, ErrorCodes.NO_ERROR)
         self._setPaused(self._paused, False)
@@ -275,7 +304,7 @@ class H2Exchange(Exchange):
         server = self._server
         server._streams.pop(self._streamId, None)
         server._watched.discard(self)
-        server._waiting.discard(self)
+        server._unwait(self._streamId)
         server._reset(self._streamId, self._resetCode)
         server._closeIfDone()
 
@@ -289,37 +318,70 @@ class H2ServerProtocol(Protocol):
     @ivar _context: what the listener's connections share.
     @ivar _src: the TCP metrics of the connection.
     @ivar _streams: the exchanges in progress, by stream id.
-    @ivar _waiting: exchanges whose response body waits for window.
+    @ivar _waiting: exchanges whose response body waits for window, by
+        stream id: a stream's C{WINDOW_UPDATE} finds its own at once.
+    @ivar _starved: those of them that have stream window but wait for
+        the connection's, in the order they get it: a connection
+        C{WINDOW_UPDATE} serves them in turn until it is spent, rather
+        than trying every waiting stream (a flood of 1-byte updates would
+        cost a pass over all of them each).
     @ivar _watched: exchanges whose response is awaited, for the one
         response timer of the connection.
     @ivar _timer: that timer, set once and left to run rather than set and
         cancelled per stream.
     @ivar _resets: the client's Rapid Reset budget.
+    @ivar _budget: the client's budget of frames that carry no request or
+        response (L{FloodBudget}).
+    @ivar _preface: whether the client's connection preface is still
+        incomplete (its first SETTINGS frame not received).
+    @ivar _headSince: when the preface or the header block in progress
+        began, for the header timeout; L{None} while neither is pending.
+    @ivar _headTimer: the header timer, set once and left to run, like
+        L{_timer}.
     @ivar _trailers: request trailers by stream, until the stream's end
         (C{h2} reports them just before it).
-    @ivar _clientFull: whether the client transport's write buffer is full.
+    @ivar _clientFull: whether the client transport's write buffer is
+        full; the client is not read meanwhile, or the answers C{h2}
+        writes by itself (PING and SETTINGS acknowledgements, resets)
+        would pile up in it without bound when the client sends and never
+        reads.
     @ivar _receiving: whether events are being dispatched; writes wait for
         the end of the batch, so that one read costs one write.
     @ivar _lastStream: after L{drain}, the last stream served; L{None}
         before.
+    @ivar _keepAlive: seconds between PING probes of a quiet client; 0
+        sends none.
+    @ivar _heard: whether anything came from the client since the last
+        keep-alive tick.
+    @ivar _pinged: whether our PING is unanswered.
+    @ivar _keepAliveCall: the next keep-alive tick.
     @ivar _closed: whether the connection is closing.
     """
 
     _log = Logger()
     _timer = None
+    _headTimer = None
+    _headSince: float | None = None
+    _preface = True
     _clientFull = False
     _receiving = False
     _lastStream: int | None = None
     _closed = False
+    _heard = True
+    _pinged = False
+    _keepAliveCall = None
 
-    def __init__(self, context) -> None:
+    def __init__(self, context, keepAlive: float = 10.0) -> None:
         self._context = context
+        self._keepAlive = keepAlive
         self._src = context.connections
         self.h2 = newConnection(clientSide=False)
         self._streams: dict[int, H2Exchange] = {}
-        self._waiting: set[H2Exchange] = set()
+        self._waiting: dict[int, H2Exchange] = {}
+        self._starved: dict[int, H2Exchange] = {}
         self._watched: set[H2Exchange] = set()
         self._resets = ResetBudget()
+        self._budget = FloodBudget()
         self._handlers = {
             RequestReceived: self._requestReceived,
             DataReceived: self._dataReceived,
@@ -329,6 +391,7 @@ class H2ServerProtocol(Protocol):
             WindowUpdated: self._windowUpdated,
             RemoteSettingsChanged: self._settingsChanged,
             ConnectionTerminated: self._terminated,
+            PingAckReceived: self._pingAcknowledged,
         }
         self._trailers: dict[int, list] = {}
 
@@ -336,10 +399,14 @@ class H2ServerProtocol(Protocol):
         self._src.opened()
         self.transport.registerProducer(self, True)
         self._context.registry.add(self)
+        self._headCheck()
         self._flush()
+        if self._keepAlive:
+            self._keepAliveCall = self._context.clock.callLater(self._keepAlive, self._keepAliveTick)
 
     def dataReceived(self, data: bytes) -> None:
         self._src.read(len(data))
+        self._heard = True
         self._receiving = True
         try:
             events = self.h2.receive_data(data)
@@ -356,6 +423,10 @@ class H2ServerProtocol(Protocol):
                     handler(event)
         finally:
             self._receiving = False
+        if self._budget.spend(len(data), self._context.clock.seconds()) and not self._closed:
+            self._calm("too many frames without requests or responses (flood)")
+            return
+        self._headCheck()
         self._flush()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
@@ -364,6 +435,12 @@ class H2ServerProtocol(Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._headTimer is not None:
+            self._headTimer.cancel()
+            self._headTimer = None
+        if self._keepAliveCall is not None:
+            self._keepAliveCall.cancel()
+            self._keepAliveCall = None
         streams = list(self._streams.values())
         self._streams.clear()
         for exchange in streams:
@@ -374,11 +451,16 @@ class H2ServerProtocol(Protocol):
 
     def pauseProducing(self) -> None:
         self._clientFull = True
+        self.transport.pauseProducing()
         for exchange in self._streams.values():
             exchange._pauseResponse(CLIENT_FULL, True)
 
     def resumeProducing(self) -> None:
         self._clientFull = False
+        self.transport.resumeProducing()
+        if self._headSince is not None:
+            # The client could not go on while it was not read.
+            self._headSince = self._context.clock.seconds()
         for exchange in list(self._streams.values()):
             exchange._pauseResponse(CLIENT_FULL, False)
 
@@ -417,10 +499,13 @@ class H2ServerProtocol(Protocol):
         if self._lastStream is not None and streamId > self._lastStream:
             self._reset(streamId, ErrorCodes.REFUSED_STREAM)
             return
+        headers = event.headers
+        self._budget.earn(sum(len(name) + len(value) for name, value in headers))
         exchange = self._streams[streamId] = H2Exchange(self, streamId)
-        exchange.begin(event.headers, event.stream_ended is not None)
+        exchange.begin(headers, event.stream_ended is not None)
 
     def _dataReceived(self, event: DataReceived) -> None:
+        self._budget.earn(event.flow_controlled_length)
         exchange = self._streams.get(event.stream_id)
         if exchange is None:
             self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
@@ -438,34 +523,56 @@ class H2ServerProtocol(Protocol):
 
     def _streamReset(self, event: StreamReset) -> None:
         self._trailers.pop(event.stream_id, None)
+        self._unwait(event.stream_id)
         exchange = self._streams.pop(event.stream_id, None)
         if exchange is not None:
-            self._waiting.discard(exchange)
             exchange.cancel()
         if event.remote_reset and self._resets.reset(self._context.clock.seconds()):
-            self._log.warn(
-                "Closing the HTTP/2 connection from {peer}: too many streams reset (Rapid Reset)",
-                peer=self.transport.getPeer(),
-            )
-            self.h2.close_connection(ErrorCodes.ENHANCE_YOUR_CALM)
-            self._close()
+            self._calm("too many streams reset (Rapid Reset)")
         else:
             self._closeIfDone()
 
     def _windowUpdated(self, event: WindowUpdated) -> None:
-        if event.stream_id:
-            for exchange in self._waiting:
-                if exchange._streamId == event.stream_id:
-                    self._drainExchange(exchange)
-                    break
+        streamId = event.stream_id
+        if streamId:
+            # One waiting for the connection's window gains nothing.
+            exchange = self._waiting.get(streamId)
+            if exchange is not None and streamId not in self._starved:
+                self._drainExchange(exchange)
         else:
-            for exchange in list(self._waiting):
+            h2 = self.h2
+            for exchange in list(self._starved.values()):
+                if h2.outbound_flow_control_window <= 0:
+                    break
                 self._drainExchange(exchange)
 
     def _settingsChanged(self, event: RemoteSettingsChanged) -> None:
+        self._preface = False
+        self._budget.charge(_SETTINGS_COST)
         # A larger initial window may let waiting bodies go.
-        for exchange in list(self._waiting):
-            self._drainExchange(exchange)
+        if SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:
+            for exchange in list(self._waiting.values()):
+                self._drainExchange(exchange)
+
+    def _wait(self, exchange: H2Exchange) -> None:
+        """
+        C{exchange}'s response body waits for window: its stream's, or
+        the connection's, after the others that wait for it.
+        """
+        streamId = exchange._streamId
+        self._waiting[streamId] = exchange
+        starved = self._starved
+        starved.pop(streamId, None)
+        stream = self.h2.streams.get(streamId)
+        if stream is not None and stream.outbound_flow_control_window > 0:
+            starved[streamId] = exchange
+
+    def _unwait(self, streamId: int) -> None:
+        """
+        Nothing waits for window on C{streamId} any more.
+        """
+        self._waiting.pop(streamId, None)
+        self._starved.pop(streamId, None)
 
     def _drainExchange(self, exchange: H2Exchange) -> None:
         try:
@@ -473,9 +580,11 @@ class H2ServerProtocol(Protocol):
         except StreamClosedError:
             drained = True
         if drained:
-            self._waiting.discard(exchange)
+            self._unwait(exchange._streamId)
             if exchange._done:
                 self._closeIfDone()
+        else:
+            self._wait(exchange)
 
     def _terminated(self, event: ConnectionTerminated) -> None:
         """
@@ -526,6 +635,81 @@ class H2ServerProtocol(Protocol):
         self._flush()
         if nearest:
             self._timer = self._context.clock.callLater(nearest, self._timerFired)
+
+    def _headCheck(self) -> None:
+        """
+        Time the client's connection preface and header blocks, as the
+        HTTP/1 server times a request head: until the block ends the
+        connection can carry nothing else, and a client trickling it
+        (slowloris) would hold the connection and its buffers for ever.
+        A connection between requests is not timed here.
+        """
+        if self._preface or self.h2.incoming_buffer.headerPending:
+            if self._headSince is None:
+                clock, timeout = self._context.clock, self._context.headerTimeout
+                self._headSince = clock.seconds()
+                if self._headTimer is None and timeout:
+                    self._headTimer = clock.callLater(timeout, self._headTimerFired)
+        else:
+            self._headSince = None
+
+    def _headTimerFired(self) -> None:
+        """
+        Close the connection if the preface or header block in progress
+        took too long; wait again if it has time left, or if it is we who
+        do not read (L{_clientFull}: the client has the whole timeout again
+        once we do); lapse if none is in progress.
+
+        A header block cannot be given up by resetting its stream: the
+        connection's HPACK state needs it whole, and nothing else may
+        come before its end.  So the connection goes, with C{GOAWAY}.
+        """
+        self._headTimer = None
+        if self._headSince is None or self._closed:
+            return
+        clock, timeout = self._context.clock, self._context.headerTimeout
+        left = self._headSince + timeout - clock.seconds()
+        if left > 0 or self._clientFull:
+            self._headTimer = clock.callLater(left if left > 0 else timeout, self._headTimerFired)
+            return
+        what = "connection preface" if self._preface else "header block"
+        self._log.info("HTTP/2 {what} from {peer} not complete in {timeout}s", what=what, peer=self.transport.getPeer(), timeout=timeout)
+        self.h2.close_connection(ErrorCodes.PROTOCOL_ERROR if self._preface else ErrorCodes.ENHANCE_YOUR_CALM)
+        self._close()
+
+    def _pingAcknowledged(self, event: PingAckReceived) -> None:
+        self._pinged = False
+
+    def _keepAliveTick(self) -> None:
+        """
+        Probe a quiet client with a PING; abort the connection of one whose
+        PING is still unanswered.  While the client is not read
+        (L{_clientFull}) its answer could not arrive: it is not judged.
+        """
+        self._keepAliveCall = None
+        if self._closed:
+            return
+        if self._pinged and not self._clientFull:
+            self._log.info(
+                "No PING answer from {peer} within {interval}s: closing", peer=self.transport.getPeer(), interval=self._keepAlive
+            )
+            self.transport.abortConnection()
+            return
+        if not self._heard and not self._pinged:
+            self._pinged = True
+            self.h2.ping(b"meshprxy")
+            self._flush()
+        self._heard = False
+        self._keepAliveCall = self._context.clock.callLater(self._keepAlive, self._keepAliveTick)
+
+    def _calm(self, reason: str) -> None:
+        """
+        Close the connection of an abusive client, with C{GOAWAY
+        ENHANCE_YOUR_CALM}, and say who and why.
+        """
+        self._log.warn("Closing the HTTP/2 connection from {peer}: {reason}", peer=self.transport.getPeer(), reason=reason)
+        self.h2.close_connection(ErrorCodes.ENHANCE_YOUR_CALM)
+        self._close()
 
     def _closeIfDone(self) -> None:
         if self._lastStream is not None and not self._streams and not self._waiting and not self._closed:
