@@ -129,9 +129,22 @@ class DelayTests(SynchronousTestCase):
         While the certificate is valid, the wait ends at its expiry; after,
         the backoff alone decides.
         """
-        self.assertEqual(retryDelay(6, NOW, NOW + 3, 0.5), 3.0)
+        self.assertEqual(retryDelay(6, NOW, NOW + 0.5, 0.5), 0.5)
         self.assertEqual(retryDelay(1, NOW, NOW + 3, 0.5), 1.0)
         self.assertEqual(retryDelay(6, NOW, NOW - 3, 0.5), 32.0)
+
+    def test_retryShortensNearExpiry(self) -> None:
+        """
+        While the certificate is valid, the base is at most a quarter of
+        the time it has left, but at least a second: a day-long
+        certificate's backoff is not changed, a nearly expired one is asked
+        for again every second or so.
+        """
+        self.assertEqual(retryDelay(9, NOW, NOW + 0.3 * 86400, 0.5), 60.0)
+        self.assertEqual(retryDelay(6, NOW, NOW + 40, 0.5), 10.0)
+        self.assertEqual(retryDelay(6, NOW, NOW + 3, 0.5), 1.0)
+        self.assertAlmostEqual(retryDelay(6, NOW, NOW + 40, 0.0), 8.0)
+        self.assertEqual(retryDelay(2, NOW, NOW + 40, 0.5), 2.0)
 
 
 class IdentityClientTests(SynchronousTestCase):
@@ -178,7 +191,11 @@ class IdentityClientTests(SynchronousTestCase):
         else:
             request.deferred.callback(encodeResponse(issued))
 
-    def fail(self, reason: str = "cannot reach the issuer at 127.0.0.1:8443: Connection refused") -> None:
+    def refuse(self, reason: str = "cannot reach the issuer at 127.0.0.1:8443: Connection refused") -> None:
+        """
+        Fail the latest exchange for C{reason}.  (Not named C{fail}: the
+        assertions call C{self.fail} to fail the test.)
+        """
         self.certifier.requests[-1].deferred.errback(CertifyError(reason))
 
     def pending(self) -> float:
@@ -187,6 +204,16 @@ class IdentityClientTests(SynchronousTestCase):
         """
         (call,) = self.clock.getDelayedCalls()
         return call.getTime() - self.clock.seconds()
+
+    def due(self) -> None:
+        """
+        Set the clock to the time of the one scheduled call, exactly, and
+        run it: advancing by L{pending} can leave the clock a rounding
+        error short of it, this far from the epoch.
+        """
+        (call,) = self.clock.getDelayedCalls()
+        self.clock.rightNow = call.getTime()
+        self.clock.advance(0)
 
     def sample(self, name: str, **labels: str) -> float | None:
         return self.metrics.registry.get_sample_value(name, labels)
@@ -290,7 +317,7 @@ class IdentityClientTests(SynchronousTestCase):
         with capturedLogs() as events:
             delays = []
             for failures in range(1, 10):
-                self.fail()
+                self.refuse()
                 delay = self.pending()
                 base = min(2.0 ** (failures - 1), 60.0)
                 self.assertTrue(0.8 * base <= delay <= 1.2 * base, (failures, delay))
@@ -313,15 +340,44 @@ class IdentityClientTests(SynchronousTestCase):
         self.issueFirst()
         self.clock.advance(self.pending())
         for _ in range(4):
-            self.fail()
+            self.refuse()
             self.clock.advance(self.pending())
         self.answer()
         self.assertEqual(self.client.failures, 0)
         self.assertEqual(self.sample("identity_cert_refresh_timestamp_seconds"), self.clock.seconds())
         self.assertAlmostEqual(self.pending(), refreshDelay(self.clock.seconds(), self.store.current.expires), 3)
         self.clock.advance(self.pending())
-        self.fail()
+        self.refuse()
         self.assertLessEqual(self.pending(), 1.2)
+
+    def test_outageEndingBeforeExpiry(self) -> None:
+        """
+        An issuer down from before the renewal is due until shortly before
+        the certificate expires: each attempt meanwhile fails and the
+        current certificate stays in use; once the issuer is back, the next
+        attempt renews it with the current certificate, within 1.2 times a
+        quarter of the time left (at least a second), so before the expiry.
+        """
+        lifetime = 40.0
+        for left in [11.0, 9.0, 6.0, 4.0, 3.0, 2.0]:
+            for seed in range(5):
+                self.client = IdentityClient(
+                    self.store, self.certifier, self.tokenFile, self.metrics, self.clock, Random(seed)
+                )
+                first = self.issueFirst(lifetime)
+                returns = first.expires - left
+                self.due()
+                while self.clock.seconds() < returns:
+                    self.refuse()
+                    self.assertIs(self.store.current, first)
+                    self.due()
+                request = self.certifier.requests[-1]
+                self.assertEqual((request.token, request.current), (None, first))
+                self.assertLessEqual(self.clock.seconds() - returns, 1.2 * max(left / 4, 1.0), (left, seed))
+                self.assertLess(self.clock.seconds(), first.expires, (left, seed))
+                self.answer(lifetime)
+                self.assertGreater(self.store.current.expires, first.expires)
+                self.client.stopService()
 
     def test_expiryWhileDown(self) -> None:
         """
@@ -334,14 +390,14 @@ class IdentityClientTests(SynchronousTestCase):
         self.clock.advance(14)
         while self.clock.seconds() < first.expires:
             self.assertIsNone(self.certifier.requests[-1].token)
-            self.fail()
+            self.refuse()
             self.assertLessEqual(self.clock.seconds() + self.pending(), first.expires)
             self.clock.advance(self.pending())
         self.assertEqual(self.clock.seconds(), first.expires)
         request = self.certifier.requests[-1]
         self.assertEqual((request.token, request.current), (self.token, None))
         with capturedLogs() as events:
-            self.fail("the issuer answered 503: issuer_ca_invalid: ...")
+            self.refuse("the issuer answered 503: issuer_ca_invalid: ...")
         (event,) = events
         self.assertEqual(event["log_level"].name, "error")
         self.assertIn("EXPIRED", event["log_format"])
@@ -442,7 +498,10 @@ class IdentityClientTests(SynchronousTestCase):
         self.client.startService()
         with capturedLogs() as events:
             self.client.stopService()
-        self.failureResultOf(self.certifier.requests[-1].deferred)
+        # Nothing but the cancellation answered it.  (The certifier's
+        # Deferred is the head of the client's chain, which handled the
+        # failure: its result is no failure.)
+        self.assertTrue(self.certifier.requests[-1].deferred.called)
         self.assertEqual(self.client.state, State.STOPPED)
         self.assertEqual(self.clock.getDelayedCalls(), [])
         self.assertEqual(events, [])
@@ -455,7 +514,7 @@ class IdentityClientTests(SynchronousTestCase):
         with capturedLogs() as events:
             self.issueFirst()
             self.clock.advance(self.pending())
-            self.fail()
+            self.refuse()
             self.clock.advance(self.pending())
             self.answer()
         self.assertTrue(events)
@@ -661,33 +720,7 @@ class RenewalProcessTests(TestCase):
         self.addCleanup(port.stopListening)
         inbound, outbound = freePort(), freePort()
 
-        async def proxy(identity: str, listeners: str) -> Proxy:
-            directory = FilePath(self.mktemp())
-            directory.makedirs()
-            token = directory.child("join.token")
-            minted = await self.meshproxy("ca", "token", identity, "--ca", caDir.path, "--ttl", "5m")
-            token.setContent(minted.encode())
-            proxy = Proxy(
-                self,
-                f'[proxy]\nidentity = "{identity}"\ntrust_anchors = "{caDir.child("ca.pem").path}"\n\n'
-                f'[identity]\nissuer = "127.0.0.1:{issuer.port}"\nissuer_identity = "identity.mesh.local"\n'
-                f'token_file = "{token.path}"\n{listeners}',
-            )
-            # Temporary files, if the proxy made any, land where the check
-            # for written keys below looks.
-            proxy.environment["TMPDIR"] = directory.path
-            return proxy
-
-        server = await proxy(
-            "web.mesh.local",
-            f'\n[[inbound]]\nlisten = "tcp:{inbound}:interface=127.0.0.1"\napp = "127.0.0.1:{port.getHost().port}"\n',
-        )
-        client = await proxy(
-            "client.mesh.local",
-            f'\n[[upstreams]]\nlisten = "tcp:{outbound}:interface=127.0.0.1"\nservice = "web"\n\n'
-            f'[services.web]\nopaque = true\n'
-            f'endpoints = [{{ address = "127.0.0.1:{inbound}", identity = "web.mesh.local" }}]\n',
-        )
+        server, client = await echoMesh(self, caDir, issuer.port, port.getHost().port, inbound, outbound)
 
         # Not ready while the issuer is not there; ready once it is.
         starting = Deferred.fromCoroutine(server.start(timeout=30))
@@ -751,6 +784,60 @@ class RenewalProcessTests(TestCase):
         for p in (server, client):
             await p.stop()
         self.assertEqual(privateKeysWritten(FilePath(os.getcwd()), since=started, but=caDir), [])
+
+
+async def identityProxy(testCase: TestCase, caDir: FilePath, issuerPort: int, identity: str, listeners: str) -> Proxy:
+    """
+    A proxy (not started) for C{identity} that gets its certificates from
+    the issuer on C{issuerPort}, with a join token of C{caDir} valid for
+    five minutes, and the C{listeners} tables.
+    """
+    directory = FilePath(testCase.mktemp())
+    directory.makedirs()
+    code, minted = await run(
+        [tool("meshproxy", "the meshproxy package"), "ca", "token", identity, "--ca", caDir.path, "--ttl", "5m"]
+    )
+    testCase.assertEqual(code, 0, minted)
+    token = directory.child("join.token")
+    token.setContent(minted)
+    proxy = Proxy(
+        testCase,
+        f'[proxy]\nidentity = "{identity}"\ntrust_anchors = "{caDir.child("ca.pem").path}"\n\n'
+        f'[identity]\nissuer = "127.0.0.1:{issuerPort}"\nissuer_identity = "identity.mesh.local"\n'
+        f'token_file = "{token.path}"\n{listeners}',
+    )
+    # Temporary files, if the proxy made any, land where the checks for
+    # written keys look.
+    proxy.environment["TMPDIR"] = directory.path
+    return proxy
+
+
+async def echoMesh(
+    testCase: TestCase, caDir: FilePath, issuerPort: int, app: int, inbound: int, outbound: int
+) -> tuple[Proxy, Proxy]:
+    """
+    Two proxies (not started) with certificates from the issuer on
+    C{issuerPort}: C{web.mesh.local}, whose inbound listener on C{inbound}
+    is in front of the application on C{app}, and C{client.mesh.local},
+    whose upstream listener on C{outbound} relays (opaque) to it over mTLS.
+    """
+    server = await identityProxy(
+        testCase,
+        caDir,
+        issuerPort,
+        "web.mesh.local",
+        f'\n[[inbound]]\nlisten = "tcp:{inbound}:interface=127.0.0.1"\napp = "127.0.0.1:{app}"\n',
+    )
+    client = await identityProxy(
+        testCase,
+        caDir,
+        issuerPort,
+        "client.mesh.local",
+        f'\n[[upstreams]]\nlisten = "tcp:{outbound}:interface=127.0.0.1"\nservice = "web"\n\n'
+        f'[services.web]\nopaque = true\n'
+        f'endpoints = [{{ address = "127.0.0.1:{inbound}", identity = "web.mesh.local" }}]\n',
+    )
+    return server, client
 
 
 def privateKeysWritten(directory: FilePath, since: float, but: FilePath) -> list[str]:

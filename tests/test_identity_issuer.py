@@ -1044,6 +1044,16 @@ class IssuerProcessTests(TestCase):
             )
             self.assertEqual(status, 200, log)
 
+    async def test_stopsCleanly(self) -> None:
+        """
+        SIGTERM stops the issuer with exit status 0 and its whole log
+        written, to twistd's last line: the log goes through
+        L{meshproxy.logsink}, whose queue is flushed at exit.
+        """
+        issuer = await IssuerProcess(self, await self.makeCA()).start()
+        self.assertEqual(await issuer.stop(), 0, issuer.output)
+        self.assertTrue(issuer.output.endswith("Server Shut Down.\n"), issuer.output[-500:])
+
     async def test_tls13Only(self) -> None:
         """
         C{openssl s_client} cannot connect with TLS 1.2; with TLS 1.3 it

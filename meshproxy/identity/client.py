@@ -16,13 +16,15 @@ Renewal follows linkerd2-proxy: at 70 % of the remaining lifetime
 (L{refreshDelay}), authenticated by the current certificate over TLS, with
 no token.  If an exchange fails (the issuer is down, refuses, or answers
 something unusable), the reason is logged and the exchange is retried
-after a jittered exponential backoff (L{retryDelay}); meanwhile the current
-certificate stays in use.  Once it has expired it can no longer renew (the
-issuer refuses an expired client certificate), so the client logs an error
-at each failure and asks with the join token again: an operator who
-notices can put a fresh token into C{token_file}, which is read anew at
-each attempt.  A retry is never scheduled past the expiry, so that switch
-happens at once rather than up to a backoff later.
+after a jittered exponential backoff that shortens as the expiry nears
+(L{retryDelay}); meanwhile the current certificate stays in use, and an
+issuer back before it expires renews it within seconds.  Once it has
+expired it can no longer renew (the issuer refuses an expired client
+certificate), so the client logs an error at each failure and asks with
+the join token again: an operator who notices can put a fresh token into
+C{token_file}, which is read anew at each attempt.  A retry is never
+scheduled past the expiry, so that switch happens at once rather than up
+to a backoff later.
 
 The client is a small state machine, as Twisted's
 L{twisted.application.internet.ClientService} is::
@@ -109,6 +111,13 @@ RETRY_MAXIMUM = 60.0
 #: of 1 either way, so proxies that lost the issuer together do not all
 #: come back to it in the same second.
 RETRY_JITTER = 0.2
+#: While the certificate is valid, the base of a wait is at most this share
+#: of the time it has left (but at least L{RETRY_MINIMUM}): the closer the
+#: expiry, the more often the client asks, so that an issuer back before
+#: the expiry renews the certificate soon after, not a doubled backoff
+#: later.  Past the expiry a renewal is impossible, and the join token
+#: that the client falls back to has likely expired long ago.
+RETRY_EXPIRY_SHARE = 0.25
 
 #: Seconds an exchange may take, connection and TLS handshake included,
 #: before it counts as failed: an issuer that accepts connections but never
@@ -138,11 +147,14 @@ def retryDelay(failures: int, now: float, expires: float | None, sample: float) 
     exchanges in a row.
 
     The base is L{RETRY_MINIMUM} doubled after each failure, up to
-    L{RETRY_MAXIMUM} (L{meshproxy.backoff.doubling}); the wait is the base times a factor between
-    M{1 - RETRY_JITTER} and M{1 + RETRY_JITTER}.  While the current
-    certificate is valid the wait ends at its expiry at the latest: from
-    then on the join token is the only credential left, and it is tried at
-    once.
+    L{RETRY_MAXIMUM} (L{meshproxy.backoff.doubling}), and while the
+    current certificate is valid, up to L{RETRY_EXPIRY_SHARE} of the time
+    it has left; the wait is the base times a factor between
+    M{1 - RETRY_JITTER} and M{1 + RETRY_JITTER}.  So an issuer that comes
+    back a time M{t} before the expiry is asked again within
+    M{1.2 max(t / 4, 1)} seconds.  The wait ends at the expiry at the
+    latest: from then on the join token is the only credential left, and
+    it is tried at once.
 
     @param failures: the failures in a row, at least 1.
     @param now: the current time, in seconds since the epoch.
@@ -151,10 +163,11 @@ def retryDelay(failures: int, now: float, expires: float | None, sample: float) 
     @param sample: a random number in [0, 1) that picks the jitter.
     """
     base = doubling(failures - 1, RETRY_MINIMUM, RETRY_MAXIMUM)
+    valid = expires is not None and now < expires
+    if valid:
+        base = min(base, max(RETRY_EXPIRY_SHARE * (expires - now), RETRY_MINIMUM))
     delay = base * (1.0 + RETRY_JITTER * (2.0 * sample - 1.0))
-    if expires is not None and now < expires:
-        return min(delay, expires - now)
-    return delay
+    return min(delay, expires - now) if valid else delay
 
 
 class CertifyError(Exception):

@@ -6,6 +6,7 @@ The issuer as a Twisted service: one TLS listener serving the issuer's site.
 from __future__ import annotations
 
 from twisted.application.service import MultiService
+from twisted.internet.base import _ISupportsExitSignalCapturing
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
@@ -25,6 +26,7 @@ class IssuerService(MultiService):
 
     @ivar metrics: the issuer's metrics.
     @ivar readiness: what C{/ready} waits for: the listener bound.
+    @ivar _reactor: the reactor, whose exit signal a stop clears.
     """
 
     _log = Logger()
@@ -36,6 +38,7 @@ class IssuerService(MultiService):
         """
         super().__init__()
         self.config = config
+        self._reactor = reactor
         self.metrics = IssuerMetrics(config.authority)
         self.readiness = Readiness()
         site = issuerSite(Issuer(config.authority, config.cert_lifetime), self.metrics, self.readiness, reactor)
@@ -57,3 +60,13 @@ class IssuerService(MultiService):
             expires=authority.issuingCertificate.not_valid_after_utc.isoformat(),
         )
         super().startService()
+
+    def stopService(self):
+        if _ISupportsExitSignalCapturing.providedBy(self._reactor):
+            # As the proxy does (L{meshproxy.service.ProxyService}): a stop
+            # asked for by SIGTERM or SIGINT exits 0 rather than by
+            # twistd killing itself with the signal, which would skip the
+            # exit handlers, and with them the flush of the queued log
+            # (L{meshproxy.logsink}).
+            self._reactor._exitSignal = None
+        return super().stopService()

@@ -2,21 +2,42 @@
 The twistd plugins of meshproxy: C{twistd meshproxy} and
 C{twistd meshproxy-identity}.
 
-L{ServiceMaker} imports L{meshproxy.tap} (L{meshproxy.identity.tap}) only
-when the plugin is used, so listing plugins (C{twistd --help}) neither
+L{_LoggingServiceMaker} imports L{meshproxy.tap} (L{meshproxy.identity.tap})
+only when the plugin is used, so listing plugins (C{twistd --help}) neither
 imports meshproxy nor installs a reactor.
 """
 
 from twisted.application.service import ServiceMaker
 
-meshproxy = ServiceMaker(
+
+class _LoggingServiceMaker(ServiceMaker):
+    """
+    A L{ServiceMaker} that, once the service is made, has twistd log through
+    a L{meshproxy.logsink.LogSink} if it logs to standard output, so that a
+    log reader that stalls cannot block the reactor.  Here because twistd
+    opens its log after C{makeService} returns, and before the service
+    starts.
+    """
+
+    def makeService(self, options):
+        from meshproxy.logsink import logThroughSink
+
+        service = super().makeService(options)
+        # The parent of workers renders its workers' metrics, not its own:
+        # it has no registry to count in.
+        metrics = getattr(service, "metrics", None)
+        logThroughSink(options.parent, None if metrics is None else metrics.registry)
+        return service
+
+
+meshproxy = _LoggingServiceMaker(
     "meshproxy",
     "meshproxy.tap",
     "A service-mesh sidecar proxy: protocol detection, mTLS, balancing, metrics.",
     "meshproxy",
 )
 
-meshproxyIdentity = ServiceMaker(
+meshproxyIdentity = _LoggingServiceMaker(
     "meshproxy-identity",
     "meshproxy.identity.tap",
     "The meshproxy identity issuer: certificates for join tokens and renewals.",
