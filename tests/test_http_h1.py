@@ -16,6 +16,7 @@ from meshproxy.http.h1 import (
     RequestReader,
     ResponseReader,
     chunk,
+    forwardedResponseHead,
     requestHead,
     responseHead,
 )
@@ -226,6 +227,138 @@ class ResponseReaderTests(SynchronousTestCase):
         events = ResponseReader().feed(b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\nxyz")
         self.assertEqual([k for k, _ in events], [HEAD, UPGRADE])
         self.assertEqual((events[0][1].upgrade, events[1][1]), (b"websocket", b"xyz"))
+
+
+def outcome(events: list) -> list:
+    """
+    What a list of events says, comparable across readers: heads as their
+    attributes, body pieces joined, errors as their status, up to the
+    first error (a reader answers every later read with one) or upgrade.
+    """
+    result: list = []
+    for kind, value in events:
+        if kind is HEAD or kind is INFORMATIONAL:
+            attributes = ("method", "target", "version", "host", "status", "reason")
+            result.append((kind, [getattr(value, name, None) for name in attributes], list(value.headers),
+                           value.keepAlive, value.contentLength, value.chunked, value.upgrade))
+        elif kind is DATA and result and result[-1][0] is DATA:
+            result[-1] = (DATA, result[-1][1] + value)
+        elif kind is ERROR:
+            result.append((ERROR, value.status))
+            break
+        elif kind is UPGRADE:
+            result.append((UPGRADE, None))
+            break
+        else:
+            result.append((kind, value))
+    return result
+
+
+#: Messages the fast paths read when they come whole, two in a row.
+FAST_REQUESTS = [
+    b"GET /x?y=1 HTTP/1.1\r\nHost: web\r\nX-A:  1 \r\nConnection: keep-alive\r\nTE: trailers\r\n\r\n",
+    b"HEAD / HTTP/1.0\r\nConnection: Keep-Alive\r\nX: y\r\n\r\n",
+    b"DELETE /a/b HTTP/1.1\r\nhost: web:80\r\nKeep-Alive: 5\r\n\r\n",
+]
+FAST_RESPONSES = [
+    b"HTTP/1.1 200 OK\r\nServer: x\r\nContent-Length: 3\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n\r\nabc",
+    b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nX-Empty:\r\n\r\n",
+    b"HTTP/1.1 204 No Content\r\nDate: now\r\n\r\n",
+    b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nok",
+]
+
+
+class FastPathTests(SynchronousTestCase):
+    """
+    The readers' fast paths (a message that came whole, read without
+    llhttp) give what llhttp gives for the same bytes fed one at a time.
+    """
+
+    def assertSameAsLLHTTP(self, make, data: bytes) -> list:
+        whole = feed(make(), data)
+        byteByByte = feed(make(), *(data[i : i + 1] for i in range(len(data))))
+        self.assertEqual(outcome(whole), outcome(byteByByte), data)
+        return whole
+
+    def test_requests(self):
+        """
+        Bodiless requests, pipelined, keep their fields but the hop-by-hop
+        ones, with the value's trailing white space as llhttp keeps it.
+        """
+        for request in FAST_REQUESTS:
+            events = self.assertSameAsLLHTTP(RequestReader, request + request)
+            self.assertEqual([kind for kind, _ in events], [HEAD, END, HEAD, END])
+        head = feed(RequestReader(), FAST_REQUESTS[0])[0][1]
+        self.assertEqual(head.headers, [(b"Host", b"web"), (b"X-A", b"1 ")])
+
+    def test_responses(self):
+        """
+        Responses with a length, or none because of their status, and the
+        hop-by-hop fields left out of what is forwarded.
+        """
+        for response in FAST_RESPONSES:
+            self.assertSameAsLLHTTP(ResponseReader, response + response)
+        head = ResponseReader().feed(FAST_RESPONSES[0])[0][1]
+        self.assertEqual(forwardedResponseHead(head), b"HTTP/1.1 200 OK\r\nServer: x\r\nContent-Length: 3\r\n\r\n")
+        self.assertEqual(head.headers, [(b"Server", b"x"), (b"Content-Length", b"3")])
+
+    def test_others(self):
+        """
+        Messages that are not the fast path's (a body, a close, a
+        connection option naming a field, an upgrade, a target or method
+        outside its subset) give llhttp's events even when whole, followed
+        by another.
+        """
+        requests = [
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi",
+            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: x-a\r\nX-A: 1\r\n\r\n",
+            b"GET http://a/ HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET a/ HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"PURGE / HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nX: \xff\r\n\r\n",
+        ]
+        for request in requests + list(SMUGGLING.values()):
+            self.assertSameAsLLHTTP(RequestReader, request + FAST_REQUESTS[0])
+        responses = [
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nok",
+            b"HTTP/1.1 100 Continue\r\n\r\n",
+            b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        ]
+        for response in responses:
+            self.assertSameAsLLHTTP(ResponseReader, response + FAST_RESPONSES[0])
+
+    def test_bodyOverReads(self):
+        """
+        A body that comes after its head, over several reads, is data
+        events and one end; only a head whose body came with it is
+        C{whole}, which lets the server write both at once.
+        """
+        reader = ResponseReader()
+        (_, head), (_, first) = reader.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nab")
+        self.assertFalse(head.whole)
+        self.assertEqual(reader.feed(b"cd"), [(DATA, b"cd")])
+        events = reader.feed(b"e" + FAST_RESPONSES[1])
+        self.assertEqual(events[:2], [(DATA, b"e"), (END, None)])
+        self.assertEqual([kind for kind, _ in events[2:]], [HEAD, END])
+        head = ResponseReader().feed(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nx")[0][1]
+        self.assertTrue(head.whole)
+
+    def test_bodyToHead(self):
+        """
+        Body bytes after the head of a response to HEAD that says it has a
+        body are an error; after one that says none, the next response.
+        """
+        reader = ResponseReader()
+        reader.expectBodiless()
+        events = reader.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        self.assertEqual(outcome(events)[1:], [(END, None), (ERROR, 502)])
+        reader = ResponseReader()
+        reader.expectBodiless()
+        events = reader.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n" + FAST_RESPONSES[0])
+        self.assertEqual([kind for kind, _ in events], [HEAD, END, HEAD, DATA, END])
 
 
 class SerialiseTests(SynchronousTestCase):

@@ -150,6 +150,27 @@ class ExchangeTests(SynchronousTestCase):
         self.assertEqual(samples("tcp_open_total", direction="outbound", peer="dst", target="web", tls="no_identity"), 1)
         self.assertEqual(samples("tcp_read_bytes_total", direction="outbound", peer="dst", target="web", tls="no_identity"), 2 * len(OK))
 
+    def test_oneWrite(self):
+        """
+        A response whose head and body came in one read leaves in one write
+        (each costs a system call); one whose body comes later has its head
+        written at once, not held back until the body.
+        """
+        h = Harness(self)
+        h.send(GET)
+        upstream = h.connect()
+        writes = []
+        transport = h.client.clientTransport
+        self.patch(transport, "write", writes.append)
+        upstream.dataReceived(OK)
+        self.assertEqual(writes, [OK])
+        del writes[:]
+        h.send(GET)
+        upstream.dataReceived(OK[:-2])
+        self.assertEqual(writes, [OK[:-2]])
+        upstream.dataReceived(OK[-2:])
+        self.assertEqual(writes, [OK[:-2], OK[-2:]])
+
     def test_pipelining(self):
         """
         Pipelined requests are answered in order, one at a time: the second

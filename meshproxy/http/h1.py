@@ -7,8 +7,14 @@ Node.js), because it is the fastest parser we measured and because llhttp is
 strict where request smuggling lives: it refuses C{Content-Length} together
 with C{Transfer-Encoding}, duplicate or non-numeric lengths, a
 C{Transfer-Encoding} whose last coding is not C{chunked}, bare LF line ends,
-obs-fold, and NUL or CR in field values.  This module adds what llhttp
-leaves to its caller:
+obs-fold, and NUL or CR in field values.  The commonest messages (a
+request without a body, a response with a length, each whole in one read)
+are read by a fast path instead, which accepts a strict subset of what
+llhttp accepts and hands llhttp everything else (see L{RequestReader} and
+L{ResponseReader}), since llhttp calls back into Python for every field
+and the fast path forwards a response's fields as the bytes they came in.
+This module
+adds what llhttp leaves to its caller:
 
   - a C{Transfer-Encoding} other than exactly C{chunked} (a proxy that
     removes the header to re-frame the body would silently drop any other
@@ -32,6 +38,8 @@ events of the complete requests before it are not lost.
 
 from __future__ import annotations
 
+import re
+
 from attrs import define
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser, HttpResponseParser
 
@@ -48,6 +56,7 @@ __all__ = [
     "ResponseHead",
     "ResponseReader",
     "chunk",
+    "forwardedResponseHead",
     "requestHead",
     "responseHead",
 ]
@@ -71,6 +80,39 @@ _HOP_BY_HOP = frozenset(
 )
 #: Connection options that name no header field.
 _CONNECTION_OPTIONS = frozenset({b"close", b"keep-alive", b"upgrade"})
+#: The statuses whose responses have no body, whatever their header says.
+_BODILESS_STATUSES = frozenset({204, 304})
+
+# A response head read by ResponseReader's fast path (see its docstring): a
+# field name is a token (RFC 9110, section 5.6.2); a field value or reason
+# phrase is visible characters, obs-text, space and tab, so no NUL, bare CR
+# or LF, and no obs-fold, which starts a line with white space.
+_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_TEXT = rb"[\t -~\x80-\xff]"
+_RESPONSE_HEAD = re.compile(
+    rb"HTTP/1\.([01]) ([2-9][0-9][0-9]) (" + _TEXT + rb"*)\r\n((?:" + _TOKEN + rb":" + _TEXT + rb"*\r\n)*)\r\n"
+)
+# A request head for RequestReader's fast path: a subset of what llhttp
+# accepts, left to llhttp when in doubt.  The methods that llhttp knows and
+# that neither take the connection (CONNECT) nor need a body; an
+# origin-form target of the characters of RFC 3986 alone; field values of
+# visible ASCII, space and tab.
+_REQUEST_HEAD = re.compile(
+    rb"(GET|HEAD|POST|PUT|DELETE|OPTIONS|PATCH|TRACE) (/[A-Za-z0-9\-._~:/?@!$&'()*+,;=%]*) HTTP/1\.([01])\r\n"
+    rb"((?:" + _TOKEN + rb":[\t -~]*\r\n)*)\r\n"
+)
+#: The fields a request read by the fast path may carry but not forward.
+_DROPPED = frozenset({b"keep-alive", b"proxy-connection", b"te", b"trailer"})
+#: The fields that send a request to llhttp: it frames the body, or says
+#: why the request is refused.
+_BODY_FIELDS = frozenset({b"content-length", b"transfer-encoding", b"upgrade"})
+
+# The fields that say how a message is framed or that must not be forwarded,
+# in a checked head that is lowered and starts with LF: the span of a match
+# is that of the field's line (CRLF included) in the head as it came.
+_FRAMING_FIELD = re.compile(
+    rb"\n(connection|content-length|keep-alive|proxy-connection|te|trailer|transfer-encoding|upgrade):([^\r]*)\r"
+)
 
 
 class ProtocolError(Exception):
@@ -137,16 +179,38 @@ class ResponseHead:
         HTTP/2 response whose stream ended with its headers, which must
         stay one HEADERS frame when relayed (a gRPC "trailers-only"
         response).
+    @ivar raw: C{headers} as they came, each line with its CRLF, or
+        L{None}: an HTTP/1 head is forwarded by copying these bytes rather
+        than by serialising C{headers} again, field by field.
+    @ivar whole: whether the whole response came with the head: its body,
+        if any, and its end are the next events of the same C{feed}, so
+        that the head can be held back and sent with the body in one
+        write.
     """
 
     status: int
     reason: bytes
-    headers: list[tuple[bytes, bytes]]
+    _headers: list[tuple[bytes, bytes]] | None
     keepAlive: bool = True
     contentLength: int | None = None
     chunked: bool = False
     upgrade: bytes | None = None
     final: bool = False
+    raw: bytes | None = None
+    whole: bool = False
+
+    @property
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        """
+        The end-to-end fields; split from C{raw} only when asked for (by an
+        HTTP/2 client's stream, not by an HTTP/1 one), if not given.
+        """
+        if self._headers is None:
+            headers = self._headers = []
+            for line in self.raw.split(b"\r\n")[:-1]:
+                name, _, value = line.partition(b":")
+                headers.append((name, value.lstrip(b" \t")))
+        return self._headers
 
 
 class _Framing:
@@ -195,6 +259,27 @@ class _Framing:
         self.upgrade = upgrade if b"upgrade" in options else None
 
 
+_KEEP_ALIVE = frozenset({b"keep-alive"})
+_CLOSE_OR_KEEP_ALIVE = frozenset({b"close", b"keep-alive"})
+
+
+def _connectionOptions(value: bytes) -> frozenset[bytes] | None:
+    """
+    The options of a lowered C{Connection} value, for the fast paths: only
+    C{close} and C{keep-alive}, or L{None} if it names anything else (a
+    field to remove, an upgrade), which is llhttp's and L{_Framing}'s to
+    handle.  Those options accumulate over repeated fields, as llhttp's
+    flags do.
+    """
+    value = value.strip(b" \t")
+    if value == b"keep-alive":
+        return _KEEP_ALIVE
+    options = frozenset(option.strip(b" \t") for option in value.split(b","))
+    if options <= _CLOSE_OR_KEEP_ALIVE:
+        return options
+    return None
+
+
 class _Reader:
     """
     What request and response readers share: the llhttp callbacks, limits
@@ -211,7 +296,12 @@ class _Reader:
         head, which bound a field llhttp has not finished.
     @ivar _error: the error raised from a callback, which llhttp reports
         only as "callback failed".
+    @ivar _idle: whether llhttp is between messages, so that the next bytes
+        start a message a fast path may read (see L{RequestReader} and
+        L{ResponseReader}); never again after an upgrade or an error.
     """
+
+    _idle = True
 
     def __init__(self, maxLine: int, maxHead: int) -> None:
         self._maxLine = maxLine
@@ -237,6 +327,7 @@ class _Reader:
         return self._inHead
 
     def on_message_begin(self) -> None:
+        self._idle = False
         self._inHead = True
         self._size = 0
         self._raw = 0
@@ -259,6 +350,8 @@ class _Reader:
         self._events.append((DATA, data))
 
     def on_message_complete(self) -> None:
+        # After a message that closes the connection llhttp refuses more.
+        self._idle = self._parser.should_keep_alive()
         self._events.append((END, None))
 
     def feed(self, data: bytes) -> list:
@@ -272,8 +365,10 @@ class _Reader:
         try:
             self._parser.feed_data(data)
         except HttpParserUpgrade as e:
+            self._idle = False
             events.append((UPGRADE, data[e.args[0]:]))
         except HttpParserError as e:
+            self._idle = False
             error, self._error = self._error, None
             events.append((ERROR, error or ProtocolError(400, str(e))))
         else:
@@ -294,6 +389,17 @@ class RequestReader(_Reader):
     """
     Reads the requests of one client connection.
 
+    A request without a body whose head came whole, the common case, is
+    read without llhttp, by a regular expression that accepts a subset of
+    what llhttp accepts and a loop over its fields: llhttp would call back
+    into Python five times or more for it.  Every other request, and any
+    that the expression refuses or whose fields say anything about a body
+    or an upgrade, goes to llhttp, which then has the whole message: the
+    fast path only takes a message it reads from its first byte, when
+    llhttp is between messages.  So the checks that refuse a request (a
+    missing or repeated C{Host}, the limits, every framing field) are
+    llhttp's and L{_Framing}'s alone.
+
     @ivar _url: the pieces of the request target read so far.
     """
 
@@ -309,6 +415,54 @@ class RequestReader(_Reader):
 
     def _newParser(self):
         return HttpRequestParser(self)
+
+    def feed(self, data: bytes) -> list:
+        events: list = []
+        while data and self._idle:
+            match = _REQUEST_HEAD.match(data)
+            if match is None or match.end() > self._maxHead or len(match.group(2)) > self._maxLine:
+                break
+            head = self._readHead(match)
+            if head is None:
+                break
+            events += ((HEAD, head), (END, None))
+            data = data[match.end():]
+        if data:
+            events += super().feed(data)
+        return events
+
+    def _readHead(self, match: re.Match) -> RequestHead | None:
+        """
+        The bodiless request whose head C{match}ed, or L{None} if it is not
+        one for the fast path.
+        """
+        http11 = match.group(3) == b"1"
+        connection: set[bytes] = set()
+        headers = []
+        host = None
+        hosts = 0
+        for line in match.group(4).split(b"\r\n")[:-1]:
+            name, _, value = line.partition(b":")
+            value = value.lstrip(b" \t")
+            lower = name.lower()
+            if lower == b"host":
+                hosts += 1
+                host = value
+            elif lower == b"connection":
+                options = _connectionOptions(value.lower())
+                if options is None:
+                    return None
+                connection |= options
+                continue
+            elif lower in _DROPPED:
+                continue
+            elif lower in _BODY_FIELDS:
+                return None
+            headers.append((name, value))
+        keepAlive = b"close" not in connection if http11 else b"keep-alive" in connection
+        if not keepAlive or hosts > 1 or (http11 and not hosts):
+            return None
+        return RequestHead(match.group(1), match.group(2), b"1." + match.group(3), headers, host, keepAlive)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -360,11 +514,26 @@ class ResponseReader(_Reader):
     whatever its header says (the answer to a C{HEAD}).  The reader then
     ends that response at its head and starts a fresh parser for the next.
 
+    The common response, read whole or at least its whole head, with a
+    C{Content-Length} or no body, is read without llhttp: one regular
+    expression checks its head as strictly as llhttp would and another
+    splits the fields, where llhttp would call back into Python for each
+    field, which costs more than the rest of the exchange's parsing.  Any
+    other response (a head split over reads, C{Transfer-Encoding}, a body
+    running to the close, a 1xx, an upgrade, a C{Connection} naming
+    fields, anything the expression refuses) goes to llhttp, which then
+    has the whole message: the fast path only takes a message it reads
+    from its first byte, when llhttp is between messages.
+
     @ivar _bodiless: whether the next final response has no body.
     @ivar _ended: whether a bodiless response was ended early; llhttp's own
         end of it is ignored and any body bytes are an error.
     @ivar _informational: whether the message being read is a 1xx.
+    @ivar _remaining: the body bytes still to come of a response read by
+        the fast path.
     """
+
+    _remaining = 0
 
     def __init__(self, maxLine: int = 8192, maxHead: int = 65536) -> None:
         super().__init__(maxLine, maxHead)
@@ -422,16 +591,111 @@ class ResponseReader(_Reader):
         self._events.append((DATA, data))
 
     def on_message_complete(self) -> None:
+        self._idle = self._parser.should_keep_alive()
         if self._informational:
             self._informational = False
         elif not self._ended:
             self._events.append((END, None))
 
     def feed(self, data: bytes) -> list:
+        events: list = []
+        while data:
+            remaining = self._remaining
+            if remaining:
+                if len(data) < remaining:
+                    self._remaining = remaining - len(data)
+                    events.append((DATA, data))
+                    return events
+                self._remaining = 0
+                events += ((DATA, data[:remaining]), (END, None))
+                data = data[remaining:]
+                continue
+            if self._idle:
+                match = _RESPONSE_HEAD.match(data)
+                if match is not None and match.end() <= self._maxHead:
+                    rest = self._readHead(match, data, events)
+                    if rest is not None:
+                        data = rest
+                        continue
+            events += self._parse(data)
+            break
+        return events
+
+    def _readHead(self, match: re.Match, data: bytes, events: list) -> bytes | None:
+        """
+        Read the head C{match}ed at the start of C{data}, and as much of its
+        body as C{data} holds, into C{events}.
+
+        @return: the bytes after what was read, or L{None} if the response
+            is not one for the fast path, and nothing was read.
+        """
+        fields = match.group(4)
+        contentLength = None
+        http11 = match.group(1) == b"1"
+        connection: set[bytes] = set()
+        raw = fields
+        cut = 0
+        for framing in _FRAMING_FIELD.finditer(b"\n" + fields.lower()):
+            name, value = framing.groups()
+            if name == b"content-length":
+                value = value.strip(b" \t")
+                if contentLength is not None or not value.isdigit() or len(value) > 15:
+                    # llhttp refuses these; let it say why.
+                    return None
+                contentLength = int(value)
+                continue
+            if name == b"transfer-encoding" or name == b"upgrade":
+                return None
+            if name == b"connection":
+                options = _connectionOptions(value)
+                if options is None:
+                    return None
+                connection |= options
+            # A hop-by-hop field: cut its line out of what is forwarded.
+            start, end = framing.span()
+            raw = raw[: start - cut] + raw[end - cut :]
+            cut += end - start
+        status = int(match.group(2))
+        keepAlive = b"close" not in connection if http11 else b"keep-alive" in connection
+        if not keepAlive or (contentLength is None and status not in _BODILESS_STATUSES):
+            # What follows is llhttp's to judge: bytes after the last
+            # response, or a body that runs to the close.
+            return None
+        bodiless = self._bodiless or status in _BODILESS_STATUSES
+        rest = data[match.end():]
+        whole = bodiless or len(rest) >= contentLength
+        events.append(
+            (HEAD, ResponseHead(status, match.group(3), None, keepAlive, contentLength, False, None, False, raw, whole))
+        )
+        if bodiless:
+            events.append((END, None))
+            if self._bodiless:
+                self._bodiless = False
+                if rest and contentLength and status not in _BODILESS_STATUSES:
+                    # llhttp would read them as the body its header gives.
+                    self._idle = False
+                    events.append((ERROR, ProtocolError(502, "body in a response to HEAD")))
+                    return b""
+            return rest
+        if contentLength:
+            if len(rest) < contentLength:
+                self._remaining = contentLength - len(rest)
+                if rest:
+                    events.append((DATA, rest))
+                return b""
+            events.append((DATA, rest[:contentLength]))
+        events.append((END, None))
+        return rest[contentLength:]
+
+    def _parse(self, data: bytes) -> list:
+        """
+        Parse C{data} with llhttp.
+        """
         events = super().feed(data)
         if self._ended:
             # llhttp still waits for the body it thinks the response has.
             self._ended = False
+            self._idle = True
             self._parser = self._newParser()
         return events
 
@@ -442,6 +706,18 @@ def chunk(data: bytes) -> tuple[bytes, bytes, bytes]:
     data itself is not copied.
     """
     return (b"%x\r\n" % len(data), data, b"\r\n")
+
+
+def forwardedResponseHead(head: ResponseHead, extra: bytes = b"") -> bytes:
+    """
+    Serialise a response head to forward to a client, from the bytes it
+    came in when it came over HTTP/1 (L{ResponseHead.raw}).
+
+    @param extra: as for L{requestHead}.
+    """
+    if head.raw is None:
+        return responseHead(head.status, head.reason, head.headers, extra)
+    return b"HTTP/1.1 %d %s\r\n%s%s\r\n" % (head.status, head.reason, head.raw, extra)
 
 
 def requestHead(method: bytes, target: bytes, headers: list[tuple[bytes, bytes]], extra: bytes = b"") -> bytes:

@@ -65,7 +65,7 @@ from zope.interface import implementer
 
 from ..drain import ConnectionRegistry, IDrainable
 from ..metrics import HTTPMetrics, ProxyMetrics, TCPMetrics
-from .client import ConnectionPool, UpstreamConnection
+from .client import ConnectionPool, UpstreamConnection, writeNow
 from .exchange import CLIENT_FULL, CONNECTING, Exchange
 from .h1 import (
     END,
@@ -77,6 +77,7 @@ from .h1 import (
     RequestReader,
     ResponseHead,
     chunk,
+    forwardedResponseHead,
     responseHead,
 )
 from .router import splitTarget
@@ -217,6 +218,8 @@ class HTTPServerProtocol(Exchange, Protocol):
 
     @ivar _chunkedOut: whether the response body is chunked to the client
         (reset with the exchange).
+    @ivar _heldHead: the head of a response that came whole, held back
+        until its body (or end) so that both leave in one write.
     """
 
     _log = Logger()
@@ -250,6 +253,7 @@ class HTTPServerProtocol(Exchange, Protocol):
     def _reset(self) -> None:
         super()._reset()
         self._chunkedOut = False
+        self._heldHead = None
 
     # The client connection.
 
@@ -521,7 +525,7 @@ class HTTPServerProtocol(Exchange, Protocol):
         except to HTTP/1.0 clients, who do not know the class.
         """
         if self._head.version == b"1.1":
-            self._write(responseHead(head.status, head.reason, head.headers))
+            self._write(forwardedResponseHead(head))
 
     def responseHead(self, head: ResponseHead) -> None:
         self._responseStarted(head)
@@ -532,7 +536,7 @@ class HTTPServerProtocol(Exchange, Protocol):
                 self.responseFailed(ProtocolError(502, "101 to a request that asked for no upgrade"))
                 return
             extra = b"Connection: Upgrade\r\nUpgrade: " + head.upgrade + b"\r\n"
-            self._write(responseHead(status, head.reason, head.headers, extra))
+            self._write(forwardedResponseHead(head, extra))
             return
         extra = b""
         if request.method == b"HEAD" or status in _BODILESS_STATUSES:
@@ -550,10 +554,17 @@ class HTTPServerProtocol(Exchange, Protocol):
             extra += b"Connection: close\r\n"
         elif request.version == b"1.0":
             extra += b"Connection: keep-alive\r\n"
-        self._write(responseHead(status, head.reason, head.headers, extra))
+        if head.whole and not self._chunkedOut:
+            self._heldHead = forwardedResponseHead(head, extra)
+        else:
+            self._write(forwardedResponseHead(head, extra))
 
     def responseData(self, data: bytes) -> None:
-        if self._chunkedOut:
+        held = self._heldHead
+        if held is not None:
+            self._heldHead = None
+            self._write(held + data)
+        elif self._chunkedOut:
             pieces = chunk(data)
             self._src.wrote(len(data) + len(pieces[0]) + 2)
             self.transport.writeSequence(pieces)
@@ -565,7 +576,11 @@ class HTTPServerProtocol(Exchange, Protocol):
         The response is complete; trailers, which only an HTTP/2 upstream
         gives, are dropped (see L{meshproxy.http.h1}).
         """
-        if self._chunkedOut:
+        held = self._heldHead
+        if held is not None:
+            self._heldHead = None
+            self._write(held)
+        elif self._chunkedOut:
             self._write(LAST_CHUNK)
         self._responseComplete()
 
@@ -604,7 +619,7 @@ class HTTPServerProtocol(Exchange, Protocol):
 
     def _write(self, data: bytes) -> None:
         self._src.wrote(len(data))
-        self.transport.write(data)
+        writeNow(self.transport, data)
 
     def _respondError(self, status: int, reason: str) -> None:
         """
