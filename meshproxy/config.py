@@ -113,10 +113,13 @@ def parseSize(text: str) -> int:
     return int(match.group(1)) * _SIZES[match.group(2)]
 
 
-@frozen
+@frozen(cache_hash=True)
 class Address:
     """
     A host and a TCP port, written C{host:port} or C{[v6]:port}.
+
+    Its hash is cached, as is L{Endpoint}'s: the balancers and pools look
+    endpoints up in dictionaries several times per request.
     """
 
     host: str
@@ -151,7 +154,7 @@ def isDNSName(name: str) -> bool:
     return len(name) <= 253 and all(_DNS_LABEL.match(label) for label in name.split("."))
 
 
-@frozen
+@frozen(cache_hash=True)
 class Endpoint:
     """
     One backend of a service.

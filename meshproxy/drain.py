@@ -47,6 +47,7 @@ from twisted.python.failure import Failure
 from zope.interface import Interface
 
 from .detect import DelegatingProtocol
+from .limits import ConnectionLimit
 
 __all__ = ["ConnectionRegistry", "IDrainable"]
 
@@ -154,11 +155,14 @@ class ConnectionRegistry:
     @ivar _drainable: the L{IDrainable} protocols serving them.
     @ivar _empty: the L{Deferred} the drain waits on, while it waits.
     @ivar _deadline: the end of the grace period, while the drain waits.
+    @ivar _limit: the cap on accepted connections, told of each one opened
+        and closed, if there is one.
     """
 
     _log = Logger()
 
-    def __init__(self) -> None:
+    def __init__(self, limit: ConnectionLimit | None = None) -> None:
+        self._limit = limit
         self.draining = False
         self._accepted: set[_Tracked] = set()
         self._drainable: set[IDrainable] = set()
@@ -237,13 +241,18 @@ class ConnectionRegistry:
         A connection was accepted.
         """
         self._accepted.add(tracked)
+        if self._limit is not None:
+            self._limit.opened()
 
     def _closed(self, tracked: _Tracked) -> None:
         """
         An accepted connection is closed; the drain is over if it was the
         last.
         """
-        self._accepted.discard(tracked)
+        if tracked in self._accepted:
+            self._accepted.remove(tracked)
+            if self._limit is not None:
+                self._limit.closed()
         if not self._accepted and self._empty is not None:
             empty, self._empty = self._empty, None
             self._deadline.cancel()

@@ -141,7 +141,17 @@ class Limits:
     @ivar exceeded: refusals, by C{limit} label.
     """
 
-    def __init__(self, maxConnections: int, maxRequests: int, maxHeaderBytes: int, maxRequestBody: int) -> None:
+    def __init__(
+        self,
+        maxConnections: int = 1 << 20,
+        maxRequests: int = 0,
+        maxHeaderBytes: int = 64 * 1024,
+        maxRequestBody: int = 0,
+    ) -> None:
+        """
+        The defaults cap nothing but header sections, for the tests and
+        tools that build HTTP servers without a configuration.
+        """
         self.connections = ConnectionLimit(maxConnections, lambda: self.refused(CONNECTIONS))
         self.maxRequests = maxRequests
         self.requests = 0

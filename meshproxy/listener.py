@@ -21,6 +21,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 
 from .detect import HTTP1, HTTP2, TLS, DetectingFactory, Opaque, Verdict
+from .limits import ConnectionLimit
 from .metrics import ProxyMetrics
 from .tcp import RelayProtocol, Target
 from .tls import MeshTLS
@@ -153,6 +154,8 @@ class ListenerService(Service):
 
     @ivar _listening: called once the port is bound, to mark the proxy
         ready.
+    @ivar _limit: the L{ConnectionLimit} that pauses the port at its cap,
+        if any.
     @ivar _port: the bound port, while running.
     """
 
@@ -164,11 +167,13 @@ class ListenerService(Service):
         description: str,
         factory: IProtocolFactory,
         listening: Callable[[], None],
+        limit: ConnectionLimit | None = None,
     ) -> None:
         self._reactor = reactor
         self.description = description
         self._factory = factory
         self._listening = listening
+        self._limit = limit
         self._port: IListeningPort | None = None
 
     def privilegedStartService(self) -> None:
@@ -183,6 +188,8 @@ class ListenerService(Service):
     def _bound(self, port: IListeningPort) -> None:
         self._port = port
         _tuneAccepted(port)
+        if self._limit is not None:
+            self._limit.listening(port)
         self._log.info("Listening on {description} ({address})", description=self.description, address=port.getHost())
         self._listening()
 
@@ -190,5 +197,7 @@ class ListenerService(Service):
         super().stopService()
         if self._port is not None:
             port, self._port = self._port, None
+            if self._limit is not None:
+                self._limit.stopped(port)
             return port.stopListening()
         return None

@@ -45,6 +45,7 @@ from .http import (
     Route,
     ServerContext,
 )
+from .limits import Limits, LimitsCollector, connectionsFor, raiseFileLimit
 from .listener import ListenerService, outboundFactory, relayFactory
 from .metrics import ProxyMetrics
 from .readiness import Readiness
@@ -111,6 +112,7 @@ class ProxyService(MultiService):
         its picker is the service's one L{Waiter}.
     @ivar connections: every connection the listeners accepted, drained
         when the proxy stops.
+    @ivar limits: the caps on connections and requests (C{[proxy] max_*}).
     @ivar _services: what runs for each configured service, by name.
     @ivar _router: the outbound listener's router, if there is one.
     @ivar _listeners: the listeners of the data path (not the admin
@@ -132,7 +134,15 @@ class ProxyService(MultiService):
         self._stopping = False
         self.metrics = ProxyMetrics()
         self.readiness = Readiness()
-        self.connections = ConnectionRegistry()
+        proxy = config.proxy
+        self.limits = Limits(
+            proxy.max_connections or connectionsFor(raiseFileLimit()),
+            proxy.max_requests,
+            proxy.max_header_bytes,
+            proxy.max_request_body,
+        )
+        self.connections = ConnectionRegistry(self.limits.connections)
+        self.metrics.registry.register(LimitsCollector(self.limits))
         self.identity = self._identityStore(config, reactor)
         issuing = config.identity
         if issuing is not None and issuing.issuer is not None:
@@ -146,7 +156,11 @@ class ProxyService(MultiService):
 
         def listen(description, factory):
             listener = ListenerService(
-                reactor, description, self.connections.track(factory), self.readiness.require(f"listener {description}")
+                reactor,
+                description,
+                self.connections.track(factory),
+                self.readiness.require(f"listener {description}"),
+                self.limits.connections,
             )
             listener.setServiceParent(self)
             self._listeners.append(listener)
@@ -186,6 +200,7 @@ class ProxyService(MultiService):
                         responseTimeout=config.proxy.response_timeout,
                         headerTimeout=config.proxy.header_timeout,
                         registry=self.connections,
+                        limits=self.limits,
                         h2=h2,
                         clientId=clientId,
                     )

@@ -21,6 +21,7 @@ from meshproxy.config import Address, Endpoint
 from meshproxy.endpoint import IConnector
 from meshproxy.http.server import DISCARD_LIMIT
 from meshproxy.http import AuthorityRouter, ConnectionPool, HTTPServerProtocol, OneRoute, Route, ServerContext
+from meshproxy.limits import HEADER_BYTES, REQUEST_BODY, REQUESTS, Limits
 from meshproxy.metrics import ProxyMetrics
 
 from .realprocess import Samples
@@ -50,7 +51,7 @@ class Harness:
     connector, and one accepted client connection.
     """
 
-    def __init__(self, testCase, endpoints=1, router=None, responseTimeout=30.0) -> None:
+    def __init__(self, testCase, endpoints=1, router=None, responseTimeout=30.0, limits=None) -> None:
         self.clock = Clock()
         self.endpoints = [Endpoint(Address("10.0.0.%d" % (i + 1), 80)) for i in range(endpoints)]
         self.balancer = RoundRobin(self.endpoints, self.clock, Random(0))
@@ -58,8 +59,15 @@ class Harness:
         route = Route("web", "web", self.balancer, Waiter(self.balancer, self.clock), self.metrics.http("outbound", "web", "no_identity"))
         self.connector = Connector()
         self.pool = ConnectionPool(self.connector, self.clock)
+        self.limits = limits or Limits()
         self.context = ServerContext(
-            router or OneRoute(route), self.pool, self.clock, self.metrics, target="web", responseTimeout=responseTimeout
+            router or OneRoute(route),
+            self.pool,
+            self.clock,
+            self.metrics,
+            target="web",
+            responseTimeout=responseTimeout,
+            limits=self.limits,
         )
         self.client = self.accept()
 
@@ -118,6 +126,98 @@ def proxyError(response: bytes) -> bytes:
         if name == b"meshproxy-proxy-error":
             return value
     raise AssertionError(f"no meshproxy-proxy-error in {response!r}")
+
+
+class LimitTests(SynchronousTestCase):
+    """
+    The C{[proxy] max_*} caps: each refusal is a response the client can
+    read, counted by its limit; nothing refused reaches an endpoint.
+    """
+
+    def test_requestsInProgress(self):
+        """
+        A request over C{max_requests} is answered 503 at once, without an
+        endpoint; one that ends, or whose client goes away, makes room.
+        """
+        h = Harness(self, limits=Limits(maxRequests=1))
+        h.send(GET)
+        upstream = h.connect()
+        self.assertEqual(h.upstreamReceived(upstream), GET)
+        other = h.accept()
+        h.send(GET, other)
+        response = h.received(other)
+        self.assertTrue(response.startswith(b"HTTP/1.1 503 "), response)
+        self.assertEqual(proxyError(response), b"too many requests in progress")
+        self.assertEqual(h.connector.attempts, [])
+        self.assertEqual(h.limits.exceeded[REQUESTS], 1)
+        upstream.dataReceived(OK)
+        self.assertEqual(h.limits.requests, 0)
+        h.send(GET, other)
+        self.assertEqual(h.upstreamReceived(upstream), GET)
+        close(other)
+        self.assertEqual(h.limits.requests, 0)
+        samples = h.samples()
+        self.assertEqual(
+            samples("response_total", direction="outbound", authority="web", tls="no_identity", status_code="503", classification="failure"),
+            1,
+        )
+
+    def test_declaredBodyTooLarge(self):
+        """
+        A C{Content-Length} over C{max_request_body} is answered 413 before
+        anything is forwarded, and the connection closes (the body is not
+        read).
+        """
+        h = Harness(self, limits=Limits(maxRequestBody=10))
+        h.send(b"POST / HTTP/1.1\r\nHost: web\r\nContent-Length: 11\r\n\r\n")
+        response = h.received()
+        self.assertTrue(response.startswith(b"HTTP/1.1 413 "), response)
+        self.assertIn(b"Connection: close\r\n", response)
+        self.assertEqual(h.connector.attempts, [])
+        self.assertTrue(h.client.clientTransport.disconnecting)
+        self.assertEqual((h.limits.exceeded[REQUEST_BODY], h.limits.requests), (1, 0))
+
+    def test_bodyAtTheCap(self):
+        """
+        A body of exactly C{max_request_body} bytes goes through.
+        """
+        h = Harness(self, limits=Limits(maxRequestBody=10))
+        request = b"POST / HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n12345\r\n5\r\n67890\r\n0\r\n\r\n"
+        h.send(request)
+        upstream = h.connect()
+        self.assertIn(b"67890", h.upstreamReceived(upstream))
+        upstream.dataReceived(OK)
+        self.assertEqual(h.received(), OK)
+        self.assertEqual(h.limits.exceeded[REQUEST_BODY], 0)
+
+    def test_chunkedBodyGrowsTooLarge(self):
+        """
+        A chunked body that grows past C{max_request_body} is cut: 413 to
+        the client, the endpoint's connection dropped (it saw a request
+        that will never end), the client's closed.
+        """
+        h = Harness(self, limits=Limits(maxRequestBody=10))
+        h.send(b"POST / HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: chunked\r\n\r\n8\r\n12345678\r\n")
+        upstream = h.connect()
+        h.send(b"8\r\nabcdefgh\r\n")
+        response = h.received()
+        self.assertTrue(response.startswith(b"HTTP/1.1 413 "), response)
+        self.assertNotIn(b"abcdefgh", h.upstreamReceived(upstream))
+        self.assertTrue(upstream.transport.disconnecting)
+        self.assertTrue(h.client.clientTransport.disconnecting)
+        self.assertEqual((h.limits.exceeded[REQUEST_BODY], h.limits.requests), (1, 0))
+
+    def test_headerBytes(self):
+        """
+        A header section over C{max_header_bytes} is answered 431 and
+        counted.
+        """
+        h = Harness(self, limits=Limits(maxHeaderBytes=1024))
+        h.send(b"GET / HTTP/1.1\r\nHost: web\r\nX-Big: " + b"a" * 1024 + b"\r\n\r\n")
+        response = h.received()
+        self.assertTrue(response.startswith(b"HTTP/1.1 431 "), response)
+        self.assertEqual(h.limits.exceeded[HEADER_BYTES], 1)
+        self.assertEqual(h.connector.attempts, [])
 
 
 class ExchangeTests(SynchronousTestCase):

@@ -37,6 +37,7 @@ from twisted.internet.error import ConnectionRefusedError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from ..limits import REQUEST_BODY
 from .h1 import ProtocolError, RequestHead, ResponseHead
 
 __all__ = ["CLIENT_FULL", "CLIENT_ID", "CONNECTING", "Exchange", "THROTTLED"]
@@ -100,12 +101,19 @@ class Exchange:
     @ivar _deadline: when the endpoint must have started its response, or
         0 when no response is awaited.
     @ivar _started: when the request head arrived.
+    @ivar _bodyLeft: one more than the request body bytes still allowed
+        by C{[proxy] max_request_body}, or 0 when there is no cap.
+    @ivar _admitted: whether the exchange counts against C{[proxy]
+        max_requests}; it stops counting when it ends or is abandoned.
     """
 
     _log = Logger()
     _responsePaused = 0
+    _admitted = False
 
     def _reset(self) -> None:
+        if self._admitted:
+            self._release()
         self._head: RequestHead | None = None
         self._route = None
         self._metrics = None
@@ -128,6 +136,7 @@ class Exchange:
         self._closeAfter = False
         self._deadline = 0.0
         self._started = 0.0
+        self._bodyLeft = 0
 
     # The request.
 
@@ -144,7 +153,18 @@ class Exchange:
             return False
         metrics = self._metrics = route.metrics
         metrics.request()
+        if not self._context.limits.requestBegan():
+            self._respondError(503, "too many requests in progress")
+            return False
+        self._admitted = True
         return True
+
+    def _release(self) -> None:
+        """
+        The exchange no longer counts against C{[proxy] max_requests}.
+        """
+        self._admitted = False
+        self._context.limits.requestEnded()
 
     def _forward(self, target: bytes, headers: list[tuple[bytes, bytes]]) -> None:
         """
@@ -161,9 +181,37 @@ class Exchange:
                 headers.append((CLIENT_ID, context.clientId.encode()))
         self._target = target
         self._headers = headers
+        limit = context.limits.maxRequestBody
+        if limit:
+            length = self._head.contentLength
+            if length is not None and length > limit:
+                self._bodyTooLarge()
+                return
+            # One more than the cap, so that reaching zero means over it.
+            self._bodyLeft = limit + 1
         self._dispatch(False)
 
+    def _bodyTooLarge(self) -> None:
+        """
+        Refuse a request whose body is over C{[proxy] max_request_body}:
+        413 if no response began (the client's connection closes, as the
+        rest of the body is not read), else the response is cut short.
+        """
+        self._context.limits.refused(REQUEST_BODY)
+        self._abandon(True)
+        if self._status:
+            self._cutShort()
+            return
+        self._closeAfter = True
+        self._respondError(413, "request body too large")
+
     def _requestData(self, data: bytes) -> None:
+        if self._bodyLeft:
+            self._bodyLeft -= len(data)
+            if self._bodyLeft <= 0:
+                self._bodyLeft = 0
+                self._bodyTooLarge()
+                return
         upstream = self._upstream
         if upstream is None:
             if self._pending is None:
@@ -327,6 +375,8 @@ class Exchange:
             not the endpoint, ended the exchange.
         """
         self._deadline = 0.0
+        if self._admitted:
+            self._release()
         pick, self._pick = self._pick, None
         connecting, self._connecting = self._connecting, None
         if connecting is not None:

@@ -98,10 +98,13 @@ _REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
 _STATUS = {status: b"%d" % status for status in _REASONS}
 
 
-def newConnection(clientSide: bool) -> H2Connection:
+def newConnection(clientSide: bool, maxHeaderList: int = MAX_HEADER_LIST_SIZE) -> H2Connection:
     """
     An C{h2} connection configured as the proxy uses it, with its preface
     and settings already queued in C{data_to_send()}.
+
+    @param maxHeaderList: the largest header list the peer may send
+        (C{[proxy] max_header_bytes} on the server side).
     """
     config = H2Configuration(
         client_side=clientSide,
@@ -117,7 +120,7 @@ def newConnection(clientSide: bool) -> H2Connection:
         client=clientSide,
         initial_values={
             SettingCodes.MAX_CONCURRENT_STREAMS: MAX_CONCURRENT_STREAMS,
-            SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST_SIZE,
+            SettingCodes.MAX_HEADER_LIST_SIZE: maxHeaderList,
             SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
             SettingCodes.MAX_FRAME_SIZE: MAX_FRAME_SIZE,
             SettingCodes.ENABLE_PUSH: 0,
@@ -127,7 +130,7 @@ def newConnection(clientSide: bool) -> H2Connection:
     # updates them only for settings that change later: ours are in force
     # from the start.
     connection.max_inbound_frame_size = MAX_FRAME_SIZE
-    connection.decoder.max_header_list_size = MAX_HEADER_LIST_SIZE
+    connection.decoder.max_header_list_size = maxHeaderList
     connection.initiate_connection()
     # The connection window is not a setting: only a WINDOW_UPDATE grows it.
     connection.increment_flow_control_window(CONNECTION_WINDOW - 65535)

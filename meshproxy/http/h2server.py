@@ -375,7 +375,7 @@ class H2ServerProtocol(Protocol):
         self._context = context
         self._keepAlive = keepAlive
         self._src = context.connections
-        self.h2 = newConnection(clientSide=False)
+        self.h2 = newConnection(clientSide=False, maxHeaderList=self._context.limits.maxHeaderBytes)
         self._streams: dict[int, H2Exchange] = {}
         self._waiting: dict[int, H2Exchange] = {}
         self._starved: dict[int, H2Exchange] = {}

@@ -64,6 +64,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ..drain import ConnectionRegistry, IDrainable
+from ..limits import HEADER_BYTES, Limits
 from ..metrics import HTTPMetrics, ProxyMetrics, TCPMetrics
 from .client import ConnectionPool, UpstreamConnection, writeNow
 from .exchange import CLIENT_FULL, CONNECTING, Exchange
@@ -127,6 +128,8 @@ class ServerContext:
         as C{meshproxy-client-id} on its requests; empty for none.
     @ivar registry: the proxy's connections, which tells the server
         protocols to finish when the proxy shuts down gracefully.
+    @ivar limits: the proxy's caps on requests, header sections and
+        request bodies.
     @ivar connections: the TCP metrics of the accepted connections.
     @ivar unrouted: the HTTP metrics of requests that have no route (404,
         and requests refused before their authority was known), under an
@@ -147,6 +150,7 @@ class ServerContext:
     h2: object = None
     clientId: str = ""
     registry: ConnectionRegistry = field(factory=ConnectionRegistry)
+    limits: Limits = field(factory=Limits)
     connections: TCPMetrics = field(init=False)
     unrouted: HTTPMetrics = field(init=False)
 
@@ -237,7 +241,7 @@ class HTTPServerProtocol(Exchange, Protocol):
     def __init__(self, context: ServerContext) -> None:
         self._context = context
         self._src = context.connections
-        self._reader = RequestReader()
+        self._reader = RequestReader(maxHead=context.limits.maxHeaderBytes)
         self._queue: deque = deque()
         self._requestEvents = (
             self._requestHead,
@@ -455,7 +459,7 @@ class HTTPServerProtocol(Exchange, Protocol):
         the response says whether it did.
         """
         self._held = [data] if data else []
-        self._reader = RequestReader()
+        self._reader = RequestReader(maxHead=self._context.limits.maxHeaderBytes)
         if self._head.method == b"CONNECT":
             self._dispatch(True)
 
@@ -470,6 +474,8 @@ class HTTPServerProtocol(Exchange, Protocol):
             status=error.status,
             reason=error.reason,
         )
+        if error.status == 431:
+            self._context.limits.refused(HEADER_BYTES)
         self._refuse(error.status, error.reason)
 
     def _refuse(self, status: int, reason: str) -> None:
