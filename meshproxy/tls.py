@@ -39,23 +39,29 @@ L{TLSMemoryBIOProtocol} in three ways, each for the relay above it:
      registered producer to unregister (Twisted's does; the HTTP protocols
      are their transport's producer for life, as over TCP).
 
-These touch private methods of L{TLSMemoryBIOProtocol}
-(C{_checkHandshakeStatus}, C{_flushReceiveBIO}, C{_unbufferPendingWrites});
-the tests in C{tests.test_tls} exercise each path against real OpenSSL, so
-a Twisted release that changes them fails there first.
+Writes are not held back to be coalesced (Twisted's
+C{BufferingTLSTransport} holds them until the next reactor turn): a relay
+writes what it read, in chunks large enough already, and an interactive
+protocol is better served without the delay.  What is coalesced costs no
+delay: the records of one write go to the TCP connection in one piece, and
+sent at once (L{meshproxy.tcp.writeNow}); the plaintext of the records of
+one TCP read goes up in one piece.
 
-Writes are not coalesced (Twisted's C{BufferingTLSTransport} does so on the
-next reactor turn): a relay writes what it read, in chunks large enough
-already, and an interactive protocol is better served without the delay.
+These touch private methods of L{TLSMemoryBIOProtocol}
+(C{_checkHandshakeStatus}, C{_flushReceiveBIO}, C{_flushSendBIO},
+C{_write}, C{_unbufferPendingWrites}); the tests in C{tests.test_tls}
+exercise each path against real OpenSSL, so a Twisted release that changes
+them fails there first.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from functools import lru_cache
 
 from cryptography import x509
 from OpenSSL import SSL
-from OpenSSL.crypto import X509
+from OpenSSL.crypto import FILETYPE_ASN1, X509, dump_certificate
 from service_identity.cryptography import extract_patterns
 from service_identity.hazmat import DNSPattern
 from twisted.internet.defer import Deferred
@@ -77,6 +83,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .identity.store import Credentials, IdentityStore
+from .tcp import writeNow
 
 __all__ = ["HandshakeFailed", "MeshTLS", "TLSProtocol"]
 
@@ -95,6 +102,11 @@ _VERIFY_ERRORS = {
     26: "certificate not for this purpose (extended key usage)",
     47: "name outside the CA's permitted names",
 }
+
+
+#: How much of the memory BIO's records one read takes: a relayed 64 KiB
+#: chunk and its records' overhead in one piece.
+_BIO_READ = 2**17
 
 
 class HandshakeFailed(Exception):
@@ -123,7 +135,7 @@ def _verifyCallback(connection: SSL.Connection, certificate: X509, errno: int, d
         tlsProtocol.rejected(f"{reason}: {subject} (chain depth {depth})")
         return False
     if depth == 0:
-        return tlsProtocol.acceptLeaf(certificate.to_cryptography())
+        return tlsProtocol.acceptLeaf(_dnsNames(dump_certificate(FILETYPE_ASN1, certificate)))
     return True
 
 
@@ -147,12 +159,25 @@ def _context(credentials: Credentials, anchors: list[X509], verify: int) -> SSL.
     return context
 
 
-def _dnsNames(certificate: x509.Certificate) -> list[str]:
+@lru_cache(maxsize=512)
+def _dnsNames(der: bytes) -> tuple[str, ...]:
     """
-    The DNS names of C{certificate}, as C{service_identity} reads them to
-    verify it.
+    The DNS names of the certificate whose DER encoding is C{der}, as
+    C{service_identity} reads them to verify it.
+
+    Parsing the certificate and its names took nearly three quarters of the
+    verify callback's time, on every handshake, for the same few peer
+    certificates.  The names are a function of the encoding alone, so they
+    are remembered by it: the cache cannot be fooled by another
+    certificate, and needs no expiry of its own, as OpenSSL checks the
+    chain, its signatures and its validity dates on every handshake before
+    the names are looked at.  Keyed by the whole encoding rather than a
+    digest, so that nothing is hashed twice; 512 of them, well under a
+    megabyte, are the certificates of more peers than a proxy talks to
+    within one certificate lifetime.
     """
-    return [p.pattern.decode("ascii") for p in extract_patterns(certificate) if isinstance(p, DNSPattern)]
+    certificate = x509.load_der_x509_certificate(der)
+    return tuple(p.pattern.decode("ascii") for p in extract_patterns(certificate) if isinstance(p, DNSPattern))
 
 
 @implementer(IHalfCloseableProtocol)
@@ -220,19 +245,18 @@ class TLSProtocol(TLSMemoryBIOProtocol):
         self._waiting.append(waiting)
         return waiting
 
-    def acceptLeaf(self, leaf: x509.Certificate) -> bool:
+    def acceptLeaf(self, names: Sequence[str]) -> bool:
         """
         Whether to accept the peer's leaf certificate, whose chain OpenSSL
-        has verified: a server must carry L{expectedIdentity} as a DNS name,
-        exactly.  A wildcard name is not an identity: C{*.mesh.local} would
-        let one workload answer for all.
+        has verified and whose DNS names are C{names}: a server must carry
+        L{expectedIdentity} as a DNS name, exactly.  A wildcard name is not
+        an identity: C{*.mesh.local} would let one workload answer for all.
         """
-        names = _dnsNames(leaf)
         if self.expectedIdentity is None:
             self.peerIdentity = next(iter(names), None)
             return True
         if self.expectedIdentity not in names:
-            self.rejected(f"the server certificate is for {names}, not {self.expectedIdentity!r}")
+            self.rejected(f"the server certificate is for {list(names)}, not {self.expectedIdentity!r}")
             return False
         self.peerIdentity = self.expectedIdentity
         return True
@@ -353,22 +377,84 @@ class TLSProtocol(TLSMemoryBIOProtocol):
 
     def _flushReceiveBIO(self) -> None:
         """
-        L{TLSMemoryBIOProtocol._flushReceiveBIO}, except for a
+        L{TLSMemoryBIOProtocol._flushReceiveBIO}, except that the plaintext
+        of all the records at hand goes up in one call, and for a
         C{close_notify}: see L{_closeNotifyReceived}.
+
+        One TCP read often holds several records: four for a relayed 64 KiB
+        chunk, a few HTTP/2 frames.  Delivered together they make one call
+        of the protocol above and one write onwards, rather than one per
+        record.  What came before a C{close_notify} or an error is
+        delivered before it, as it arrived.
         """
+        received: list[bytes] = []
         while not self._lostTLSConnection and not self._readClosed:
             try:
-                data = self._tlsConnection.recv(2**15)
+                received.append(self._tlsConnection.recv(2**15))
             except SSL.WantReadError:
                 break
             except SSL.ZeroReturnError:
+                self._deliver(received)
                 self._closeNotifyReceived()
             except SSL.Error:
+                self._deliver(received)
                 self._tlsShutdownFinished(Failure())
-            else:
-                if not self._aborted:
-                    ProtocolWrapper.dataReceived(self, data)
+        self._deliver(received)
         self._flushSendBIO()
+
+    def _deliver(self, received: list[bytes]) -> None:
+        """
+        Give the plaintext in C{received} to the protocol carried, unless
+        the connection was aborted, and empty the list.
+        """
+        if received and not self._aborted:
+            ProtocolWrapper.dataReceived(self, b"".join(received))
+        received.clear()
+
+    def _write(self, data: bytes) -> None:
+        """
+        L{TLSMemoryBIOProtocol._write}, with the records of one write sent
+        on in one piece.
+
+        OpenSSL is still given at most a record's worth (16 KiB) at a time,
+        as in Twisted, so that a write it cannot take yet (C{WantReadError})
+        is retried from a record boundary; but the records are collected
+        from the memory BIO once, at the end, and a relay's 64 KiB chunk
+        becomes one C{send} rather than four.
+        """
+        if self._lostTLSConnection:
+            return
+        sent = 0
+        while sent < len(data):
+            try:
+                sent += self._tlsConnection.send(data[sent : sent + 2**14])
+            except SSL.WantReadError:
+                self._bufferedWrite(data[sent:])
+                break
+            except SSL.Error:
+                # Sends the records so far, and an alert, and closes.
+                self._tlsShutdownFinished(Failure())
+                return
+        self._flushSendBIO()
+
+    def _flushSendBIO(self) -> None:
+        """
+        L{TLSMemoryBIOProtocol._flushSendBIO}, taking everything in the
+        memory BIO (Twisted takes 32 KiB) and sending it at once (see
+        L{meshproxy.tcp.writeNow}).  A read shorter than asked for emptied
+        the BIO, which spares the C{WantReadError} of one more.
+        """
+        records: list[bytes] = []
+        while True:
+            try:
+                chunk = self._tlsConnection.bio_read(_BIO_READ)
+            except SSL.WantReadError:
+                break
+            records.append(chunk)
+            if len(chunk) < _BIO_READ:
+                break
+        if records:
+            writeNow(self.transport, b"".join(records))
 
     def _closeNotifyReceived(self) -> None:
         """

@@ -5,21 +5,17 @@ endpoints and the protocol of one connection.
 
 from __future__ import annotations
 
-import socket
-
 from twisted.internet.defer import succeed
 from twisted.internet.error import ConnectionDone
-from twisted.internet.protocol import Protocol
-from twisted.internet.tcp import Connection
 from twisted.internet.task import Clock
-from twisted.internet.testing import MemoryReactor, StringTransport
+from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from meshproxy.config import Address, Endpoint
 from meshproxy.endpoint import IConnector
-from meshproxy.http.client import ConnectionPool, writeNow
+from meshproxy.http.client import ConnectionPool
 from meshproxy.http.h1 import RequestHead
 from meshproxy.metrics import ProxyMetrics
 
@@ -168,57 +164,3 @@ class PoolTests(SynchronousTestCase):
             connection.transport.value(),
             b"GET / HTTP/1.1\r\nHost: web\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
         )
-
-
-class WriteNowTests(SynchronousTestCase):
-    """
-    L{writeNow} sends at once on a plain TCP connection with nothing
-    buffered, and leaves everything else to the transport.
-    """
-
-    def setUp(self) -> None:
-        self.local, self.remote = socket.socketpair()
-        self.addCleanup(self.local.close)
-        self.addCleanup(self.remote.close)
-        self.local.setblocking(False)
-        self.reactor = MemoryReactor()
-        self.transport = Connection(self.local, Protocol(), self.reactor)
-        self.transport.connected = True
-
-    def test_sentAtOnce(self):
-        """
-        The bytes are on the socket when L{writeNow} returns, and the
-        reactor was not asked to watch for writability.
-        """
-        writeNow(self.transport, b"hello")
-        self.assertEqual(self.remote.recv(100), b"hello")
-        self.assertEqual(self.reactor.writers, set())
-
-    def test_behindBuffered(self):
-        """
-        Bytes written while others wait in the transport's buffer queue
-        behind them, in order.
-        """
-        self.transport.write(b"first ")
-        writeNow(self.transport, b"second")
-        self.assertEqual(self.transport._tempDataBuffer, [b"first ", b"second"])
-        self.assertIn(self.transport, self.reactor.writers)
-
-    def test_rest(self):
-        """
-        What the socket does not take is buffered by the transport.
-        """
-        self.local.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-        data = b"x" * (1 << 22)
-        writeNow(self.transport, data)
-        buffered = b"".join(self.transport._tempDataBuffer)
-        self.assertTrue(0 < len(buffered) < len(data))
-        self.assertEqual(data[-len(buffered):], buffered)
-
-    def test_notTCP(self):
-        """
-        Another transport (TLS, or a test's) gets a plain C{write}.
-        """
-        transport = StringTransport()
-        writeNow(transport, b"hello")
-        self.assertEqual(transport.value(), b"hello")

@@ -14,7 +14,7 @@ from twisted.internet.error import (
     ConnectionRefusedError,
     TCPTimedOutError,
 )
-from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
@@ -28,7 +28,7 @@ from meshproxy.balance import IPick, NoEndpointsReady, RoundRobin, Waiter
 from meshproxy.config import Address, Endpoint
 from meshproxy.endpoint import IConnector, TCPConnector
 from meshproxy.metrics import ProxyMetrics
-from meshproxy.tcp import RelayProtocol, Target
+from meshproxy.tcp import RelayProtocol, Target, writeNow
 
 ENDPOINTS = (
     Endpoint(Address("10.0.0.1", 4143)),
@@ -586,7 +586,8 @@ class LoopbackTests(TestCase):
     def test_relay(self):
         """
         A megabyte goes to a real server through the relay, and comes back
-        reversed after the client's half-close went through.
+        reversed after the client's half-close went through.  Both
+        connections read and buffer 128 KiB at a time.
         """
         server = _Reverser()
         backend = reactor.listenTCP(0, Factory.forProtocol(lambda: server), interface="127.0.0.1")
@@ -611,6 +612,7 @@ class LoopbackTests(TestCase):
             received, served, _ = results
             self.assertEqual(received, payload[::-1])
             self.assertEqual(served, payload)
+            self.assertEqual((relay.transport.bufferSize, relay._upstream.transport.bufferSize), (2**17, 2**17))
             labels = dict(direction="inbound", target="backend", tls="opaque", client_id="", server_id="")
             sample = metrics.registry.get_sample_value
             for peer in ("src", "dst"):
@@ -641,6 +643,112 @@ class LoopbackTests(TestCase):
             return server.lost
 
         return connected.addCallback(check)
+
+
+class WriteNowTests(TestCase):
+    """
+    L{writeNow} against real loopback connections, whose buffers it reads.
+    """
+
+    def connected(self):
+        """
+        A connected pair of loopback sockets.
+
+        @return: a L{Deferred} that fires with the client's protocol and
+            the server's L{_Collect}.
+        """
+        server = _Collect()
+        listener = reactor.listenTCP(0, Factory.forProtocol(lambda: server), interface="127.0.0.1")
+        self.addCleanup(listener.stopListening)
+        client = Protocol()
+        d = connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", listener.getHost().port), client)
+
+        def close(_):
+            client.transport.loseConnection()
+            return server.lost
+
+        self.addCleanup(lambda: close(None))
+        return d.addCallback(lambda _: (client, server))
+
+    def test_sentAtOnce(self):
+        """
+        A write to an idle TCP connection is sent before L{writeNow}
+        returns: nothing is buffered and the socket is not watched for
+        writability.
+        """
+
+        def write(pair):
+            client, server = pair
+            writeNow(client.transport, b"hello")
+            self.assertEqual((client.transport.dataBuffer, client.transport._tempDataLen), (b"", 0))
+            self.assertNotIn(client.transport, reactor.getWriters())
+            client.transport.loseConnection()
+            return server.lost
+
+        return self.connected().addCallback(write).addCallback(self.assertEqual, b"hello")
+
+    def test_afterBuffered(self):
+        """
+        While bytes wait in the transport's buffer, L{writeNow} writes
+        after them, in order.
+        """
+
+        def write(pair):
+            client, server = pair
+            client.transport.write(b"first ")
+            writeNow(client.transport, b"second")
+            self.assertEqual(client.transport._tempDataBuffer, [b"first ", b"second"])
+            client.transport.loseConnection()
+            return server.lost
+
+        return self.connected().addCallback(write).addCallback(self.assertEqual, b"first second")
+
+    def test_partial(self):
+        """
+        What the socket does not take is buffered by the transport and sent
+        when it can be, and the transport's producer is paused meanwhile.
+        """
+        payload = bytes(range(256)) * 2**12
+
+        def write(pair):
+            client, server = pair
+            producer = _Pausable()
+            client.transport.registerProducer(producer, True)
+            writeNow(client.transport, payload)
+            self.assertGreater(client.transport._tempDataLen, 0)
+            self.assertLess(client.transport._tempDataLen, len(payload))
+            self.assertTrue(producer.paused)
+            client.transport.unregisterProducer()
+            client.transport.loseConnection()
+            return server.lost
+
+        return self.connected().addCallback(write).addCallback(self.assertEqual, payload)
+
+    def test_otherTransports(self):
+        """
+        Any other transport is written to as usual.
+        """
+        transport = StringTransport()
+        writeNow(transport, b"hello")
+        self.assertEqual(transport.value(), b"hello")
+
+
+@implementer(IPushProducer)
+class _Pausable:
+    """
+    A streaming producer that notes whether it is paused.
+    """
+
+    paused = False
+
+    def pauseProducing(self):
+        self.paused = True
+
+    def resumeProducing(self):
+        self.paused = False
+
+    def stopProducing(self):
+        pass
 
 
 class _ObservedRelay(RelayProtocol):

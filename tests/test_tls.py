@@ -9,6 +9,7 @@ import time
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from OpenSSL.crypto import X509
 from twisted.internet.address import IPv4Address
@@ -27,7 +28,7 @@ from zope.interface.verify import verifyObject
 
 from meshproxy.config import Address, Endpoint
 from meshproxy.endpoint import IConnector, MeshConnector
-from meshproxy.tls import HandshakeFailed, MeshTLS, TLSProtocol
+from meshproxy.tls import HandshakeFailed, MeshTLS, TLSProtocol, _dnsNames
 
 from .meshca import TestCA
 
@@ -203,6 +204,35 @@ class HandshakeTests(SynchronousTestCase):
         [event] = [e for e in events if e.get("role") == "from"]
         self.assertIn("unknown CA", event["why"])
         self.assertIn("meshproxy issuing CA", event["why"])
+
+    def test_namesRemembered(self):
+        """
+        The names of a peer certificate are read once: a second handshake
+        with the same certificates finds them, and is verified alike.
+        """
+        mesh = Harness(self)
+        mesh.connect()[3].flush()
+        hits = _dnsNames.cache_info().hits
+        client, verified, server, pump = mesh.connect()
+        pump.flush()
+        self.successResultOf(verified)
+        self.assertEqual(server.peerIdentity, CLIENT)
+        self.assertEqual(_dnsNames.cache_info().hits, hits + 2)
+
+    def test_rememberedNamesAreNotTrust(self):
+        """
+        A certificate whose names were read before is still refused if its
+        chain does not lead to the anchors: OpenSSL's verification comes
+        first, on every handshake.
+        """
+        mesh = Harness(self)
+        key, chain = TestCA(self).credentials(CLIENT)
+        _dnsNames(chain[0].public_bytes(Encoding.DER))
+        foreign = mesh.twistedClient(privateKey=key, certificate=chain[0], extraCertChain=chain[1:])
+        with capturedLogs() as events:
+            mesh.connect(client=foreign)[3].flush()
+        self.assertEqual(mesh.servers, [])
+        self.assertTrue(any("unknown CA" in e.get("why", "") for e in events))
 
     def test_wrongIdentity(self):
         """
@@ -427,6 +457,74 @@ class HalfCloseTests(SynchronousTestCase):
         self.assertEqual(client.received, b"last")
         client.lost.trap(ConnectionDone)
         server.lost.trap(ConnectionDone)
+
+
+class Events(Peer):
+    """
+    A L{Peer} that also records each call, in order.
+
+    @ivar events: C{("data", bytes)} for each C{dataReceived}, C{("end",)}
+        for C{readConnectionLost}.
+    """
+
+    def __init__(self, peerIdentity=None):
+        super().__init__(peerIdentity)
+        self.events = []
+
+    def dataReceived(self, data):
+        super().dataReceived(data)
+        self.events.append(("data", data))
+
+    def readConnectionLost(self):
+        super().readConnectionLost()
+        self.events.append(("end",))
+
+
+class CoalescingTests(SynchronousTestCase):
+    """
+    The records of one write leave in one piece; the plaintext of the
+    records of one read goes up in one piece.
+    """
+
+    def connected(self):
+        self.mesh = Harness(self)
+        client, verified, server, pump = self.mesh.connect(client=self.mesh.clientProtocol(wrapped=Events))
+        pump.flush()
+        return self.successResultOf(verified), self.mesh.servers[0], pump
+
+    def test_oneSendPerWrite(self):
+        """
+        A write of several records' worth is one write to the TCP
+        transport, and arrives whole.
+        """
+        client, server, pump = self.connected()
+        tcp = server.transport.transport
+        payload = bytes(range(256)) * 256
+        server.transport.write(payload)
+        self.assertEqual(len(tcp.stream), 1)
+        pump.flush()
+        self.assertEqual(client.events, [("data", payload)])
+
+    def test_oneDeliveryPerRead(self):
+        """
+        Records that arrive in one read are delivered in one call.
+        """
+        client, server, pump = self.connected()
+        for word in (b"one ", b"two ", b"three"):
+            server.transport.write(word)
+        pump.flush()
+        self.assertEqual(client.events, [("data", b"one two three")])
+
+    def test_dataBeforeCloseNotify(self):
+        """
+        Bytes that arrive in the same read as the peer's C{close_notify}
+        are delivered before the end of input.
+        """
+        client, server, pump = self.connected()
+        server.transport.write(b"last words")
+        server.transport.loseWriteConnection()
+        pump.flush()
+        self.assertEqual(client.events, [("data", b"last words"), ("end",)])
 
 
 class RotationTests(SynchronousTestCase):

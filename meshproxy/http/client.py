@@ -31,46 +31,16 @@ from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer, IReactorTime
 from twisted.internet.protocol import Factory, Protocol, connectionDone
-from twisted.internet.tcp import Connection
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ..config import Endpoint
 from ..endpoint import IConnector
 from ..metrics import TCPMetrics
+from ..tcp import writeNow
 from .h1 import LAST_CHUNK, UPGRADE, RequestHead, ResponseReader, chunk, requestHead
 
-__all__ = ["ConnectionFactory", "ConnectionPool", "UpstreamConnection", "writeNow"]
-
-
-def writeNow(transport, data: bytes) -> None:
-    """
-    Write C{data} to C{transport}, sending it at once if the transport is a
-    plain TCP connection with nothing buffered.
-
-    Twisted buffers every write until the reactor finds the socket
-    writable: for a small response that costs two C{epoll_ctl} calls (watch
-    for writability, then stop) and another pass of the reactor loop, more
-    than the C{send} itself.  The proxy writes once per message it relays,
-    so it sends straight away.  What the socket does not take, a write
-    while bytes are buffered, and a failed send go through the transport
-    as usual, which keeps the bytes in order, the producer's back-pressure,
-    and the handling of a lost connection.
-    """
-    if (
-        isinstance(transport, Connection)
-        and not transport.TLS
-        and transport.connected
-        and not transport.disconnecting
-        and not transport.dataBuffer
-        and not transport._tempDataLen
-    ):
-        sent = transport.writeSomeData(data)
-        if sent == len(data):
-            return
-        if isinstance(sent, int):
-            data = data[sent:]
-    transport.write(data)
+__all__ = ["ConnectionFactory", "ConnectionPool", "UpstreamConnection"]
 
 
 @implementer(IHalfCloseableProtocol, IPushProducer)

@@ -66,7 +66,8 @@ from zope.interface import implementer
 from ..drain import ConnectionRegistry, IDrainable
 from ..limits import HEADER_BYTES, Limits
 from ..metrics import HTTPMetrics, ProxyMetrics, TCPMetrics
-from .client import ConnectionPool, UpstreamConnection, writeNow
+from ..tcp import writeNow
+from .client import ConnectionPool, UpstreamConnection
 from .exchange import CLIENT_FULL, CONNECTING, Exchange
 from .h1 import (
     END,
