@@ -276,6 +276,12 @@ class ProxyMetrics:
         self.discoveryEndpoints = Gauge(
             "discovery_endpoints", "Endpoints service discovery knows now.", ("service",), registry=registry
         )
+        self.http2Refused = Counter(
+            "http2_connections_refused",
+            "HTTP/2 client connections the proxy closed for breaking the protocol or its limits, by reason.",
+            ("direction", "reason"),
+            registry=registry,
+        )
 
     def discovered(self, service: str, source: str, endpoints: int) -> None:
         """

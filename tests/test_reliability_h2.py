@@ -108,6 +108,14 @@ def goAway(transport: StringTransport) -> GoAwayFrame:
     return frame
 
 
+def refused(h: Harness, reason: str) -> float | None:
+    """
+    The connections counted in C{http2_connections_refused_total} for
+    C{reason}.
+    """
+    return h.metrics.registry.get_sample_value("http2_connections_refused_total", {"direction": h.server._context.direction, "reason": reason})
+
+
 class FloodTests(SynchronousTestCase):
     """
     Frames that carry no request or response, sent without end: the
@@ -120,6 +128,7 @@ class FloodTests(SynchronousTestCase):
         self.assertTrue(h.server.transport.disconnecting)
         self.assertEqual(goAway(h.server.transport).error_code, ErrorCodes.ENHANCE_YOUR_CALM)
         self.assertLess(sent, 320 * 1024)
+        self.assertEqual(refused(h, "flood"), 1)
 
     def test_ping(self):
         frame = PingFrame(0)
@@ -415,6 +424,7 @@ class HeaderTimeoutTests(SynchronousTestCase):
         h.clock.advance(1)
         self.assertTrue(h.server.transport.disconnecting)
         self.assertEqual(goAway(h.server.transport).error_code, ErrorCodes.ENHANCE_YOUR_CALM)
+        self.assertEqual(refused(h, "header_timeout"), 1)
 
     def test_partialFrame(self):
         """

@@ -413,6 +413,7 @@ class H2ServerProtocol(Protocol):
         except H2ProtocolError as e:
             # h2 queued the GOAWAY that says why.
             self._log.info("HTTP/2 error from {peer}: {error}", peer=self.transport.getPeer(), error=e)
+            self._refused("protocol_error")
             self._close()
             return
         handlers = self._handlers
@@ -424,7 +425,7 @@ class H2ServerProtocol(Protocol):
         finally:
             self._receiving = False
         if self._budget.spend(len(data), self._context.clock.seconds()) and not self._closed:
-            self._calm("too many frames without requests or responses (flood)")
+            self._calm("flood", "too many frames without requests or responses (flood)")
             return
         self._headCheck()
         self._flush()
@@ -528,7 +529,7 @@ class H2ServerProtocol(Protocol):
         if exchange is not None:
             exchange.cancel()
         if event.remote_reset and self._resets.reset(self._context.clock.seconds()):
-            self._calm("too many streams reset (Rapid Reset)")
+            self._calm("rapid_reset", "too many streams reset (Rapid Reset)")
         else:
             self._closeIfDone()
 
@@ -675,6 +676,7 @@ class H2ServerProtocol(Protocol):
         what = "connection preface" if self._preface else "header block"
         self._log.info("HTTP/2 {what} from {peer} not complete in {timeout}s", what=what, peer=self.transport.getPeer(), timeout=timeout)
         self.h2.close_connection(ErrorCodes.PROTOCOL_ERROR if self._preface else ErrorCodes.ENHANCE_YOUR_CALM)
+        self._refused("header_timeout")
         self._close()
 
     def _pingAcknowledged(self, event: PingAckReceived) -> None:
@@ -693,6 +695,7 @@ class H2ServerProtocol(Protocol):
             self._log.info(
                 "No PING answer from {peer} within {interval}s: closing", peer=self.transport.getPeer(), interval=self._keepAlive
             )
+            self._refused("keepalive")
             self.transport.abortConnection()
             return
         if not self._heard and not self._pinged:
@@ -702,14 +705,25 @@ class H2ServerProtocol(Protocol):
         self._heard = False
         self._keepAliveCall = self._context.clock.callLater(self._keepAlive, self._keepAliveTick)
 
-    def _calm(self, reason: str) -> None:
+    def _calm(self, kind: str, reason: str) -> None:
         """
         Close the connection of an abusive client, with C{GOAWAY
         ENHANCE_YOUR_CALM}, and say who and why.
+
+        @param kind: the C{reason} label it is counted under.
+        @param reason: what the log says.
         """
         self._log.warn("Closing the HTTP/2 connection from {peer}: {reason}", peer=self.transport.getPeer(), reason=reason)
+        self._refused(kind)
         self.h2.close_connection(ErrorCodes.ENHANCE_YOUR_CALM)
         self._close()
+
+    def _refused(self, reason: str) -> None:
+        """
+        Count the connection in C{http2_connections_refused_total}.
+        """
+        context = self._context
+        context.metrics.http2Refused.labels(context.direction, reason).inc()
 
     def _closeIfDone(self) -> None:
         if self._lastStream is not None and not self._streams and not self._waiting and not self._closed:
