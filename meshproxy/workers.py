@@ -203,7 +203,7 @@ class MergedMetrics(Resource):
             [Deferred.fromCoroutine(_get(pool.reactor, path, b"/metrics")) for path in pool.adminSockets()],
             consumeErrors=True,
         )
-        texts = []
+        texts = [generate_latest(pool.registry).decode("utf-8")]
         for index, (ok, answer) in enumerate(answers):
             if ok and answer[0] == 200:
                 texts.append(answer[1].decode("utf-8"))
@@ -296,6 +296,8 @@ class WorkerPool(MultiService):
     @ivar config: the configuration, as loaded.
     @ivar reactor: the reactor.
     @ivar readiness: C{/ready}: every listener bound and every worker ready.
+    @ivar registry: the parent's own metrics (the lines its log dropped),
+        merged into C{/metrics} with the workers'.
     @ivar _ports: the bound listening ports, kept but never read.
     @ivar _workers: the running worker processes, by index.
     @ivar _transports: their process transports, by index.
@@ -310,6 +312,7 @@ class WorkerPool(MultiService):
         self.config = config
         self.reactor = reactor
         self.readiness = Readiness()
+        self.registry = CollectorRegistry(auto_describe=False)
         self._executable = executable
         self._ports: list = []
         self._workers: dict[int, _Worker] = {}

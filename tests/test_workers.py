@@ -140,7 +140,8 @@ class WorkersIntegrationTests(TestCase):
     async def test_twoWorkers(self) -> None:
         """
         Two worker processes serve one listener, and the admin port's
-        C{/metrics} counts every request, whichever worker served it.
+        C{/metrics} counts every request, whichever worker served it, with
+        the parent's own metrics.
         """
         port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(Site(Hello()))
         self.addCleanup(port.stopListening)
@@ -172,5 +173,7 @@ endpoints = [{{ address = "127.0.0.1:{port.getHost().port}" }}]
         samples = await proxy.samples()
         self.assertEqual(samples("request_total", authority="web", direction="outbound", tls="no_identity"), 40)
         self.assertEqual(samples("detect_total", result="http1"), 40)
+        # The parent's own log (the workers log through it) is counted too.
+        self.assertEqual(samples("log_lines_dropped_total"), 0)
         opened = samples("tcp_open_total", direction="outbound", peer="dst", target="web", tls="no_identity")
         self.assertGreaterEqual(opened, 2)

@@ -23,10 +23,12 @@ class _LoggingServiceMaker(ServiceMaker):
         from meshproxy.logsink import logThroughSink
 
         service = super().makeService(options)
-        # The parent of workers renders its workers' metrics, not its own:
-        # it has no registry to count in.
+        # A proxy counts in its metrics' registry; the parent of workers in
+        # a registry of its own, merged with its workers' metrics; the
+        # issuer has no metrics.
         metrics = getattr(service, "metrics", None)
-        logThroughSink(options.parent, None if metrics is None else metrics.registry)
+        registry = getattr(service, "registry", None) if metrics is None else metrics.registry
+        logThroughSink(options.parent, registry)
         return service
 
 
