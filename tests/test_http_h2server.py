@@ -33,6 +33,7 @@ from meshproxy.http import AuthorityRouter, ConnectionPool, OneRoute, Route, Ser
 from meshproxy.http.h2 import STREAM_WINDOW
 from meshproxy.http.h2client import H2Pool
 from meshproxy.http.h2server import H2ServerProtocol
+from meshproxy.limits import REQUESTS, Limits
 from meshproxy.metrics import ProxyMetrics
 
 from .test_http_server import Connector
@@ -93,8 +94,10 @@ class Harness:
         headerTimeout=10.0,
         transport=None,
         keepAlive=0.0,
+        limits=None,
     ) -> None:
         self.clock = Clock()
+        self.limits = limits or Limits()
         self.endpoint = Endpoint(Address("10.0.0.1", 80), identity)
         self.balancer = RoundRobin([self.endpoint], self.clock, Random(0))
         self.metrics = ProxyMetrics()
@@ -115,6 +118,7 @@ class Harness:
             headerTimeout=headerTimeout,
             h2=self.h2,
             clientId=clientId,
+            limits=self.limits,
         )
         # The client here answers only when pumped: no keep-alive PINGs
         # unless a test asks for them.
@@ -160,6 +164,35 @@ class Harness:
         from .realprocess import Samples
 
         return Samples(generate_latest(self.metrics.registry).decode())
+
+
+class LimitTests(SynchronousTestCase):
+    def test_requestsInProgress(self):
+        """
+        A stream over C{max_requests} is answered 503; a stream stops
+        counting when its response is complete or the client resets it (a
+        soak once found streams that never stopped counting, until every
+        request got 503).
+        """
+        h = Harness(limits=Limits(maxRequests=1))
+        h.request(GET)
+        upstream = h.connect()
+        app = Peer(clientSide=False)
+        app.pump(upstream)
+        refused = h.request(GET)
+        (response,) = h.client.of(ResponseReceived, refused)
+        self.assertEqual(dict(response.headers)[b":status"], b"503")
+        self.assertEqual(h.limits.exceeded[REQUESTS], 1)
+        (request,) = app.of(RequestReceived)
+        app.h2.send_headers(request.stream_id, [(b":status", b"204")], end_stream=True)
+        app.pump(upstream)
+        h.client.pump(h.server)
+        self.assertEqual(h.limits.requests, 0)
+        reset = h.request(GET)
+        self.assertEqual(h.limits.requests, 1)
+        h.client.h2.reset_stream(reset)
+        h.client.pump(h.server)
+        self.assertEqual(h.limits.requests, 0)
 
 
 class ProxyingTests(SynchronousTestCase):

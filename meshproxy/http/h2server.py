@@ -285,6 +285,8 @@ class H2Exchange(Exchange):
         response is out.
         """
         self._done = True
+        if self._admitted:
+            self._release()
         server = self._server
         server._streams.pop(self._streamId, None)
         server._watched.discard(self)
@@ -301,6 +303,8 @@ class H2Exchange(Exchange):
         A response that started cannot be completed: reset the stream.
         """
         self._done = True
+        if self._admitted:
+            self._release()
         server = self._server
         server._streams.pop(self._streamId, None)
         server._watched.discard(self)
