@@ -761,12 +761,15 @@ class TunnelTests(SynchronousTestCase):
             b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\nhello",
         )
         self.assertEqual(h.upstreamReceived(upstream), b"early")
+        # A tunnel is a connection, not a request in progress.
+        self.assertEqual(h.limits.requests, 0)
         h.send(b"ping")
         self.assertEqual(h.upstreamReceived(upstream), b"ping")
         upstream.dataReceived(b"pong")
         self.assertEqual(h.received(), b"pong")
         close(upstream)
         close(h.client)
+        self.assertEqual(h.limits.requests, 0)
         samples = h.samples()
         labels = dict(direction="outbound", target="web", tls="no_identity")
         for peer in ("src", "dst"):
@@ -797,5 +800,6 @@ class TunnelTests(SynchronousTestCase):
         upstream = h.connect()
         self.assertEqual(h.received(), b"HTTP/1.1 200 Connection established\r\n\r\n")
         self.assertEqual(h.upstreamReceived(upstream), b"\x16\x03")
+        self.assertEqual(h.limits.requests, 0)
         upstream.dataReceived(b"\x16\x03\x03")
         self.assertEqual(h.received(), b"\x16\x03\x03")

@@ -605,8 +605,12 @@ class HTTPServerProtocol(Exchange, Protocol):
     def _splice(self, upstream: UpstreamConnection, data: bytes, protocol: str) -> None:
         """
         Hand both connections to a relay, with the bytes each side sent
-        after the HTTP exchange.
+        after the HTTP exchange.  The exchange no longer counts against
+        C{[proxy] max_requests}: a tunnel is a connection, which
+        C{max_connections} counts, and it may last for hours.
         """
+        if self._admitted:
+            self._release()
         context = self._context
         held, self._held = self._held or [], None
         pick, self._pick = self._pick, None
