@@ -114,6 +114,11 @@ class ProxyService(MultiService):
         when the proxy stops.
     @ivar limits: the caps on connections and requests (C{[proxy] max_*}).
     @ivar _services: what runs for each configured service, by name.
+    @ivar _pool: the HTTP/1.1 connections to endpoints, shared by every
+        route.
+    @ivar _h2: the HTTP/2 connections to endpoints, shared likewise.
+    @ivar _apps: the endpoints of the inbound listeners' applications,
+        which their routes use for as long as the proxy runs.
     @ivar _router: the outbound listener's router, if there is one.
     @ivar _listeners: the listeners of the data path (not the admin
         server), stopped first when the proxy stops.
@@ -165,6 +170,12 @@ class ProxyService(MultiService):
             listener.setServiceParent(self)
             self._listeners.append(listener)
 
+        # HTTP requests are balanced one by one over a pool of HTTP/1.1
+        # connections and one HTTP/2 connection per endpoint, shared by
+        # every route; a route per service carries its metrics.
+        pool = self._pool = ConnectionPool(connector, reactor)
+        h2 = self._h2 = H2Pool(connector, reactor)
+        self._apps = frozenset(Endpoint(inbound.app) for inbound in config.inbound)
         self.balancers: dict[str, IBalancer] = {}
         self.targets: dict[str, Target] = {}
         self._services: dict[str, _Running] = {}
@@ -172,11 +183,6 @@ class ProxyService(MultiService):
         for service in config.services.values():
             self._serve(service, self.readiness)
         routes = {name: running.route for name, running in self._services.items()}
-        # HTTP requests are balanced one by one over a pool of HTTP/1.1
-        # connections and one HTTP/2 connection per endpoint, shared by
-        # every route; a route per service carries its metrics.
-        pool = ConnectionPool(connector, reactor)
-        h2 = H2Pool(connector, reactor)
 
         def http(routers, target="", direction="outbound"):
             """
@@ -274,22 +280,42 @@ class ProxyService(MultiService):
                 service.upgrade == "h2",
             ),
         )
+
+        def update(endpoints) -> None:
+            running.update(endpoints)
+            self._retainEndpoints()
+
         # Each service's resolver keeps its balancer supplied with endpoints;
         # static endpoints are one resolver among others.
         running.discovery = discoveryService(
             service,
-            running.update,
+            update,
             self.metrics,
             readiness,
             self.identity is not None,
             reactor,
             self.config.proxy.discovery_timeout,
         )
-        running.discovery.setServiceParent(self)
+        # In the table before its resolver starts: a static one answers at
+        # once, and its endpoints must count as in use.
         self._services[name] = running
         self.balancers[name] = balancer
         self.targets[name] = running.target
+        running.discovery.setServiceParent(self)
         return running
+
+    def _retainEndpoints(self) -> None:
+        """
+        Let the connection pools keep connections only to the endpoints
+        some service still lists, or an inbound application: whenever an
+        endpoint leaves a service (discovery, a reload), its connections
+        would otherwise live on, unused, until the endpoint closed them.
+        The pools are shared by every route, so an endpoint that another
+        service still lists keeps its connections.
+        """
+        endpoints = self._apps.union(*(running.discovery.sink.endpoints for running in self._services.values()))
+        self._pool.retain(endpoints)
+        self._h2.retain(endpoints)
 
     def _authorities(self):
         """
@@ -403,11 +429,14 @@ class ProxyService(MultiService):
     def _unserve(self, name: str) -> None:
         """
         Stop running a service a reload removed.  Its requests and
-        connections in flight finish; new ones find no route.
+        connections in flight finish; new ones find no route.  The pooled
+        connections to its endpoints that no other service lists close
+        (idle ones at once, busy ones after their request).
         """
         running = self._services.pop(name)
         del self.balancers[name], self.targets[name]
         running.discovery.disownServiceParent()
+        self._retainEndpoints()
 
     # Shutdown.
 

@@ -20,6 +20,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.http_headers import Headers
 
 from meshproxy.admin import adminSite, isLocal
+from meshproxy.limits import Limits, LimitsCollector
 from meshproxy.metrics import ProxyMetrics
 from meshproxy.readiness import Readiness
 
@@ -494,6 +495,9 @@ class PromtoolTests(TestCase):
         http.responded(200, 3.5)
         http.responded(502, 1200.0)
         metrics.discovered("web", "etcd", 2)
+        metrics.http2Refused.labels("inbound", "flood").inc()
+        # The caps' metrics, which the proxy registers beside these.
+        metrics.registry.register(LimitsCollector(Limits()))
         for family in metrics.registry.collect():
             self.assertTrue(
                 family.samples,

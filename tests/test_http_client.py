@@ -111,6 +111,36 @@ class PoolTests(SynchronousTestCase):
         self.assertTrue(chatty.transport.disconnecting)
         self.assertIsNone(self.pool.idle(A))
 
+    def test_retain(self):
+        """
+        Idle connections to an endpoint no longer retained close at once;
+        a busy one carries on and closes when its exchange is over, instead
+        of going back to the pool.  Other endpoints' connections stay.
+        """
+        idle, busy, other = self.connection(), self.connection(), self.connection(B)
+        self.pool.release(idle)
+        self.pool.release(other)
+        self.pool.retain(frozenset({B}))
+        self.assertTrue(idle.transport.disconnecting)
+        self.assertFalse(busy.transport.disconnecting)
+        self.assertIsNone(self.pool.idle(A))
+        self.pool.release(busy)
+        self.assertTrue(busy.transport.disconnecting)
+        self.assertIsNone(self.pool.idle(A))
+        self.assertIs(self.pool.idle(B), other)
+        self.assertFalse(other.transport.disconnecting)
+
+    def test_retainAgain(self):
+        """
+        An endpoint retained again keeps its new connections.
+        """
+        self.pool.retain(frozenset({B}))
+        self.pool.retain(frozenset({A, B}))
+        connection = self.connection()
+        self.pool.release(connection)
+        self.assertIs(self.pool.idle(A), connection)
+        self.assertFalse(connection.transport.disconnecting)
+
     def test_events(self):
         """
         A response goes to the connection's owner as events; bytes after the

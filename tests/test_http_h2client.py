@@ -111,6 +111,64 @@ class ConnectionTests(SynchronousTestCase):
         self.assertEqual(dict(response.headers)[b":status"], b"502")
 
 
+class RetainTests(SynchronousTestCase):
+    """
+    L{H2Pool.retain}: the connection of an endpoint that left every service
+    takes no new streams and closes when its streams are done.
+    """
+
+    def test_retired(self):
+        """
+        A stream in progress finishes on the retired connection, which then
+        closes; a request meanwhile opens a new connection.
+        """
+        h = Harness()
+        first = h.request(GET)
+        upstream = h.connect()
+        app = Peer(clientSide=False)
+        app.pump(upstream)
+        h.h2.retain(frozenset())
+        self.assertFalse(upstream.transport.disconnecting)
+        self.assertIsNone(h.h2.idle(h.endpoint))
+        h.request(GET)
+        self.assertEqual(len(h.connector.attempts), 1)
+        answer(app, upstream, app.of(RequestReceived)[0])
+        self.assertTrue(upstream.transport.disconnecting)
+        h.client.pump(h.server)
+        (response,) = h.client.of(ResponseReceived, first)
+        self.assertEqual(dict(response.headers)[b":status"], b"200")
+
+    def test_retiredWhileConnecting(self):
+        """
+        A connection whose endpoint left while it was being opened carries
+        the requests that waited for it, is not pooled, and closes after
+        them.
+        """
+        h = Harness()
+        first = h.request(GET)
+        h.h2.retain(frozenset())
+        upstream = h.connect()
+        self.assertIsNone(h.h2.idle(h.endpoint))
+        self.assertFalse(upstream.transport.disconnecting)
+        app = Peer(clientSide=False)
+        app.pump(upstream)
+        answer(app, upstream, app.of(RequestReceived)[0])
+        self.assertTrue(upstream.transport.disconnecting)
+        h.client.pump(h.server)
+        self.assertEqual(len(h.client.of(StreamEnded, first)), 1)
+
+    def test_retained(self):
+        """
+        The connection of an endpoint still retained stays in the pool.
+        """
+        h = Harness()
+        h.request(GET)
+        upstream = h.connect()
+        h.h2.retain(frozenset({h.endpoint}))
+        self.assertIsNotNone(h.h2.idle(h.endpoint))
+        self.assertFalse(upstream.transport.disconnecting)
+
+
 class KeepAliveTests(SynchronousTestCase):
     def test_ping(self):
         """

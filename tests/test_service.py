@@ -18,6 +18,7 @@ from zope.interface import directlyProvides
 
 from meshproxy.balance import P2CPeakEWMA
 from meshproxy.config import Address, Endpoint, load
+from meshproxy.http.client import UpstreamConnection
 from meshproxy.listener import ListenerService
 from meshproxy.service import ProxyService
 from meshproxy.tap import reloadOnHangup
@@ -139,6 +140,45 @@ class ReloadTests(SynchronousTestCase):
         self.assertIsNone(self.f.route(b"api"))
         self.assertNotIn("discovery api", self.service.namedServices)
         self.assertIn("-api", self.f.log())
+
+    def idleConnection(self, endpoint: Endpoint) -> UpstreamConnection:
+        """
+        A connection to C{endpoint}, idle in the proxy's HTTP/1.1 pool.
+        """
+        pool = self.service._pool
+        connection = UpstreamConnection(pool, endpoint, self.service.metrics.tcp("outbound", "dst", "web", "no_identity"))
+        connection.makeConnection(StringTransport())
+        pool.release(connection)
+        return connection
+
+    def test_endpointLeftCloses(self):
+        """
+        An endpoint that leaves every service loses its pooled connections;
+        one that another service still lists keeps them, until that
+        service goes too.
+        """
+        self.reload(LISTENERS + services(web=("round-robin", [A, B]), api=("random", [B])))
+        a, b = self.idleConnection(A), self.idleConnection(B)
+        self.reload(LISTENERS + services(web=("round-robin", [C]), api=("random", [B])))
+        self.assertTrue(a.transport.disconnecting)
+        self.assertFalse(b.transport.disconnecting)
+        self.reload(LISTENERS + services(web=("round-robin", [C])))
+        self.assertTrue(b.transport.disconnecting)
+
+    def test_inboundApplicationStays(self):
+        """
+        The application of an inbound listener is no service's endpoint,
+        and its connections stay.
+        """
+        app = Endpoint(Address("127.0.0.1", 8080))
+        inbound = '[[inbound]]\nlisten = "tcp:4143:interface=127.0.0.1"\napp = "127.0.0.1:8080"\n\n'
+        f = Fixture(self, inbound + LISTENERS + services(web=("round-robin", [A])))
+        self.service = f.service
+        connection = self.idleConnection(app)
+        f.write(inbound + LISTENERS + services(web=("round-robin", [B])))
+        f.service.reloadFile()
+        self.assertFalse(connection.transport.disconnecting)
+        self.assertIs(f.service._pool.idle(app), connection)
 
     def test_authorities(self):
         """

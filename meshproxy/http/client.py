@@ -17,6 +17,10 @@ request:
     not the application, nearly always closes first.
   - The most recently used connection is reused first, so a burst's extra
     connections age out instead of being kept warm in turn.
+  - Connections to an endpoint that no service lists any more
+    (L{ConnectionPool.retain}) are closed: idle ones at once, busy ones
+    when their exchange is over, so that discovery churn leaves no
+    connection behind to an address that may soon be someone else's.
 
 The race that remains, an application closing a connection just as a
 request is written to it, is for the server to retry (see
@@ -282,6 +286,8 @@ class ConnectionPool:
     @ivar _idleTimeout: seconds an idle connection is kept.
     @ivar _idle: idle connections by endpoint, oldest first.
     @ivar _sweep: the pending expiry timer, or L{None}.
+    @ivar _retained: the endpoints whose connections are kept, or L{None}
+        for all of them: set by L{retain}.
     """
 
     def __init__(self, connector: IConnector, clock: IReactorTime, idleTimeout: float = 3.0) -> None:
@@ -290,6 +296,7 @@ class ConnectionPool:
         self._idleTimeout = idleTimeout
         self._idle: dict[Endpoint, deque[UpstreamConnection]] = {}
         self._sweep = None
+        self._retained: frozenset[Endpoint] | None = None
 
     def idle(self, endpoint: Endpoint) -> UpstreamConnection | None:
         """
@@ -311,9 +318,14 @@ class ConnectionPool:
 
     def release(self, connection: UpstreamConnection) -> None:
         """
-        An exchange is over and the connection may carry another.
+        An exchange is over and the connection may carry another, unless
+        its endpoint left every service meanwhile: then it closes.
         """
         connection.detach()
+        retained = self._retained
+        if retained is not None and connection.endpoint not in retained:
+            connection.transport.loseConnection()
+            return
         connection.idleSince = self._clock.seconds()
         connections = self._idle.get(connection.endpoint)
         if connections is None:
@@ -321,6 +333,19 @@ class ConnectionPool:
         connections.append(connection)
         if self._sweep is None:
             self._sweep = self._clock.callLater(self._idleTimeout, self._expire)
+
+    def retain(self, endpoints: frozenset[Endpoint]) -> None:
+        """
+        Keep connections to C{endpoints} only: the idle connections to any
+        other endpoint close now, and the busy ones when their exchange is
+        over (L{release}), so no request is cut short.
+
+        @param endpoints: every endpoint some route may still send to.
+        """
+        self._retained = endpoints
+        for endpoint in self._idle.keys() - endpoints:
+            for connection in self._idle.pop(endpoint):
+                connection.transport.loseConnection()
 
     def discard(self, connection: UpstreamConnection) -> None:
         """

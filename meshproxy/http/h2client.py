@@ -30,8 +30,10 @@ seconds; one that does not answer by the next probe is closed, failing its
 streams, rather than left to swallow requests.  A C{GOAWAY} from the peer
 takes the connection out of the pool at once: the streams it did not
 accept fail as refused (and are retried by their exchanges), the others
-run to their end.  Streams beyond the peer's concurrency limit wait in
-order for a slot.
+run to their end.  Our side does the same, without the frame, to the
+connection of an endpoint that no service lists any more
+(L{H2Pool.retain}): no new streams, and a close once the last one ends.
+Streams beyond the peer's concurrency limit wait in order for a slot.
 """
 
 from __future__ import annotations
@@ -241,8 +243,8 @@ class H2ClientConnection(Protocol):
     @ivar endpoint: where it is connected.
     @ivar metrics: the L{TCPMetrics} it is counted in (C{peer="dst"}).
     @ivar h2: the C{h2} connection state.
-    @ivar draining: whether it takes no new streams (a C{GOAWAY} came, or it
-        is closing).
+    @ivar draining: whether it takes no new streams (a C{GOAWAY} came, its
+        endpoint left every service, or it is closing).
     @ivar _streams: the open streams, by id.
     @ivar _queued: streams waiting for the peer's concurrency limit.
     @ivar _waiting: streams whose body waits for window.
@@ -488,6 +490,16 @@ class H2ClientConnection(Protocol):
             stream._failed(refused)
         self._closeIfDone()
 
+    def retire(self) -> None:
+        """
+        The endpoint left every service: out of the pool, so that no new
+        stream comes, and closed once the streams in progress end, so that
+        none of them is cut short.
+        """
+        self.draining = True
+        self._pool._forget(self)
+        self._closeIfDone()
+
     def _closeIfDone(self) -> None:
         if self.draining and not self._streams and not self._queued:
             self.transport.loseConnection()
@@ -534,6 +546,8 @@ class H2Pool:
     @ivar keepAlive: seconds between PING probes of a quiet connection.
     @ivar _connections: the usable connection of each endpoint.
     @ivar _connecting: the requests waiting for each endpoint's attempt.
+    @ivar _retained: the endpoints whose connections are kept, or L{None}
+        for all of them: set by L{retain}.
     """
 
     def __init__(self, connector: IConnector, clock: IReactorTime, keepAlive: float = 10.0) -> None:
@@ -542,6 +556,7 @@ class H2Pool:
         self.keepAlive = keepAlive
         self._connections: dict[Endpoint, H2ClientConnection] = {}
         self._connecting: dict[Endpoint, list[Deferred]] = {}
+        self._retained: frozenset[Endpoint] | None = None
 
     def idle(self, endpoint: Endpoint) -> _Stream | None:
         """
@@ -569,12 +584,30 @@ class H2Pool:
         waiters.append(waiter)
         return waiter
 
+    def retain(self, endpoints: frozenset[Endpoint]) -> None:
+        """
+        Keep connections to C{endpoints} only: the connection of any other
+        endpoint is retired (L{H2ClientConnection.retire}), and so is one
+        still being opened, once the requests waiting for it have their
+        streams.
+
+        @param endpoints: every endpoint some route may still send to.
+        """
+        self._retained = endpoints
+        for endpoint in self._connections.keys() - endpoints:
+            self._connections[endpoint].retire()
+
     def _connected(self, connection: H2ClientConnection, endpoint: Endpoint) -> None:
         waiters = self._connecting.pop(endpoint)
-        if not connection.draining:
+        retained = self._retained
+        kept = retained is None or endpoint in retained
+        if kept and not connection.draining:
             self._connections[endpoint] = connection
         for waiter in waiters:
+            # The exchange opens its stream before this returns.
             waiter.callback(connection.stream())
+        if not kept:
+            connection.retire()
 
     def _failed(self, reason: Failure, endpoint: Endpoint) -> None:
         for waiter in self._connecting.pop(endpoint):
