@@ -11,6 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from meshproxy.http.h1 import ProtocolError, RequestHead, ResponseHead
 from meshproxy.http.h2 import (
+    MAX_CONCURRENT_STREAMS,
     STREAM_WINDOW,
     ResetBudget,
     StreamSender,
@@ -189,6 +190,32 @@ class ConfigurationTests(SynchronousTestCase):
         self.assertEqual(server.remote_settings.max_frame_size, 65536)
         self.assertEqual(client.max_inbound_frame_size, 65536)
         self.assertEqual(server.outbound_flow_control_window, 4 * 1024 * 1024)
+
+
+    def test_closedStreamsBounded(self):
+        """
+        A long-lived connection remembers a bounded number of closed
+        streams (C{h2} alone keeps 65,536: 10 MB per connection between
+        two proxies), and a frame in flight on a recently reset stream is
+        still a stream error, not a connection error.
+        """
+        client, server = pair()
+        for streamId in range(1, 2 * 4000, 2):
+            client.send_headers(streamId, GET, end_stream=True)
+            server.receive_data(client.data_to_send())
+            server.send_headers(streamId, [(b":status", b"204")], end_stream=True)
+            client.receive_data(server.data_to_send())
+        self.assertLessEqual(len(client._closed_streams), 4 * MAX_CONCURRENT_STREAMS)
+        client.send_headers(8001, GET, end_stream=True)
+        server.receive_data(client.data_to_send())
+        server.send_headers(8001, [(b":status", b"200")])
+        client.reset_stream(8001)
+        client.data_to_send()
+        # The server's response crossed the reset: a stream error (at most
+        # a RST_STREAM, frame type 3), not GOAWAY; the connection goes on.
+        self.assertEqual(client.receive_data(server.data_to_send()), [])
+        self.assertIn(client.data_to_send()[3:4], (b"", b"\x03"))
+        client.send_headers(8003, GET, end_stream=True)
 
 
 class ResetBudgetTests(SynchronousTestCase):
