@@ -346,6 +346,25 @@ class FastPathTests(SynchronousTestCase):
         head = ResponseReader().feed(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nx")[0][1]
         self.assertTrue(head.whole)
 
+    def test_sameHeadAgain(self):
+        """
+        The same head again on one connection is read as new each time:
+        the body it frames, whether the response answers C{HEAD}, and a
+        different head after it.
+        """
+        response = FAST_RESPONSES[0]
+        reader = ResponseReader()
+        first = reader.feed(response)
+        self.assertEqual(outcome(reader.feed(response)), outcome(first))
+        reader.expectBodiless()
+        events = reader.feed(response[: response.index(b"\r\n\r\n") + 4])
+        self.assertEqual([kind for kind, _ in events], [HEAD, END])
+        self.assertEqual(events[0][1].contentLength, 3)
+        events = reader.feed(response + FAST_RESPONSES[1])
+        self.assertEqual(outcome(events), outcome(first) + outcome(ResponseReader().feed(FAST_RESPONSES[1])))
+        reader.expectBodiless()
+        self.assertEqual(outcome(reader.feed(response))[1:], [(END, None), (ERROR, 502)])
+
     def test_bodyToHead(self):
         """
         Body bytes after the head of a response to HEAD that says it has a

@@ -79,14 +79,15 @@ class Balancer:
 
     def pick(self, exclude: frozenset[Endpoint] = frozenset()) -> Pick | None:
         now = self._clock.seconds()
+        # Nearly every pick excludes nothing: it then hashes no endpoint.
         candidates = [
             state
             for endpoint, state in self._states.items()
-            if endpoint not in exclude and state.health.usable(now)
+            if (not exclude or endpoint not in exclude) and state.health.usable(now)
         ]
         if not candidates:
             return None
-        return Pick(self._choose(candidates, now), self._clock)
+        return Pick(self._choose(candidates, now), self._clock, now)
 
     def nextProbe(self) -> float | None:
         now = self._clock.seconds()

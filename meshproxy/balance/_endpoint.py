@@ -108,11 +108,11 @@ class Pick:
     @ivar _epoch: the endpoint's health epoch when it was picked.
     """
 
-    def __init__(self, state: EndpointState, clock: IReactorTime) -> None:
+    def __init__(self, state: EndpointState, clock: IReactorTime, now: float) -> None:
         """
-        Count a request as started on C{state}'s endpoint.
+        Count a request as started on C{state}'s endpoint at C{now}, the
+        time the balancer chose it at.
         """
-        now = clock.seconds()
         self.endpoint = state.endpoint
         self._state = state
         self._clock = clock

@@ -63,7 +63,10 @@ class PeakEWMA:
         The weight C{w} of the current estimate at C{now}.  A clock that
         steps backwards counts as no time passed.
         """
-        return exp(-max(now - self._stamp, 0.0) / self._decay)
+        elapsed = now - self._stamp
+        if elapsed <= 0.0:
+            return 1.0
+        return exp(-elapsed / self._decay)
 
     def observe(self, rtt: float, now: float) -> None:
         """

@@ -51,6 +51,11 @@ class State(Enum):
     #: The probe is in flight; out of rotation until it answers.
     PROBING = "probing"
 
+    # Members are singletons, equal only to themselves: hashing them by
+    # identity (in C) rather than by name (in Python) is the same, and
+    # cheaper for the transition table, which every request looks up.
+    __hash__ = object.__hash__
+
 
 class _Input(Enum):
     """
@@ -61,6 +66,9 @@ class _Input(Enum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     REFUSED = "refused"
+
+    # As for State.
+    __hash__ = object.__hash__
 
 
 class Health:
@@ -113,7 +121,11 @@ class Health:
         """
         if epoch != self.epoch:
             return
-        if success:
+        if success and self.state is State.HEALTHY:
+            # What nearly every request ends with: the table's entry for
+            # (HEALTHY, SUCCEEDED), which stays HEALTHY, without the lookup.
+            self._forgive(now)
+        elif success:
             self._feed(_Input.SUCCEEDED, now)
         else:
             self._feed(_Input.REFUSED if refused else _Input.FAILED, now)

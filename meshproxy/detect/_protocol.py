@@ -6,9 +6,10 @@ the connection to the protocol chosen for that verdict.
 
 The hand-over is by delegation: the chosen protocol gets this connection's
 own transport and the bytes read so far, and this protocol forwards every
-later event to it.  Starting TLS on the transport instead would lose the
-ClientHello already read, and swapping C{__class__} would mix two
-protocols' state in one object.
+later event to it (reads by handing out the chosen protocol's own
+C{dataReceived}, so that they cost no call here).  Starting TLS on the
+transport instead would lose the ClientHello already read, and swapping
+C{__class__} would mix two protocols' state in one object.
 """
 
 from __future__ import annotations
@@ -100,9 +101,6 @@ class DetectingProtocol(DelegatingProtocol):
         )
 
     def dataReceived(self, data: bytes) -> None:
-        if self._next is not None:
-            self._next.dataReceived(data)
-            return
         verdict = self._classifier.feed(data)
         if verdict is not None:
             self._handOver(verdict)
@@ -135,6 +133,11 @@ class DetectingProtocol(DelegatingProtocol):
                 detail=verdict.detail,
             )
         self._next = self._chooser(verdict)
+        # Every later read goes straight to the chosen protocol: whoever
+        # calls this protocol's dataReceived (the transport, or a protocol
+        # wrapping this one) finds the chosen protocol's, and the
+        # connection's reads cost no call here.
+        self.dataReceived = self._next.dataReceived
         self._next.makeConnection(self.transport)
         buffered = self._classifier.buffered
         if buffered:

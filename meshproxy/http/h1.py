@@ -87,10 +87,29 @@ _BODILESS_STATUSES = frozenset({204, 304})
 # field name is a token (RFC 9110, section 5.6.2); a field value or reason
 # phrase is visible characters, obs-text, space and tab, so no NUL, bare CR
 # or LF, and no obs-fold, which starts a line with white space.
-_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+#
+# The same match finds the fields that frame the message or describe the
+# connection, where a second pass over the lowered head cost as much again:
+# "length" and "connection" hold the last Content-Length and Connection
+# values, "lengths" and "connections" are set if there are several (each
+# conditional looks at whether an earlier line set its group), "hop" if
+# there is another hop-by-hop field, "framed" if llhttp must frame the body.
+# Every group is entered only after its field's colon, past which no branch
+# can fail but the line itself (a group entered by a branch that then
+# fails trips a bug of Python 3.11's possessive repeats).  The repetitions
+# are possessive: a line never ends where the next could start, so there is
+# nothing to backtrack to, and not keeping track of it is faster.
+_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]"
 _TEXT = rb"[\t -~\x80-\xff]"
 _RESPONSE_HEAD = re.compile(
-    rb"HTTP/1\.([01]) ([2-9][0-9][0-9]) (" + _TEXT + rb"*)\r\n((?:" + _TOKEN + rb":" + _TEXT + rb"*\r\n)*)\r\n"
+    rb"HTTP/1\.([01]) ([2-9][0-9][0-9]) (" + _TEXT + rb"*+)\r\n("
+    rb"(?:(?:(?=[CcKkPpTtUu])(?i:"
+    rb"con(?:tent-length:(?(6)(?P<lengths>))(?P<length>" + _TEXT + rb"*+)"
+    rb"|nection:(?(8)(?P<connections>))(?P<connection>" + _TEXT + rb"*+))"
+    rb"|(?:keep-alive|proxy-connection|te|trailer):(?P<hop>)" + _TEXT + rb"*+"
+    rb"|(?:transfer-encoding|upgrade):(?P<framed>)" + _TEXT + rb"*+)"
+    rb"|" + _TOKEN + rb"++:" + _TEXT + rb"*+"
+    rb")\r\n)*+)\r\n"
 )
 # A request head for RequestReader's fast path: a subset of what llhttp
 # accepts, left to llhttp when in doubt.  The methods that llhttp knows and
@@ -98,8 +117,8 @@ _RESPONSE_HEAD = re.compile(
 # origin-form target of the characters of RFC 3986 alone; field values of
 # visible ASCII, space and tab.
 _REQUEST_HEAD = re.compile(
-    rb"(GET|HEAD|POST|PUT|DELETE|OPTIONS|PATCH|TRACE) (/[A-Za-z0-9\-._~:/?@!$&'()*+,;=%]*) HTTP/1\.([01])\r\n"
-    rb"((?:" + _TOKEN + rb":[\t -~]*\r\n)*)\r\n"
+    rb"(GET|HEAD|POST|PUT|DELETE|OPTIONS|PATCH|TRACE) (/[A-Za-z0-9\-._~:/?@!$&'()*+,;=%]*+) HTTP/1\.([01])\r\n"
+    rb"((?:" + _TOKEN + rb"++:[\t -~]*+\r\n)*+)\r\n"
 )
 #: The fields a request read by the fast path may carry but not forward.
 _DROPPED = frozenset({b"keep-alive", b"proxy-connection", b"te", b"trailer"})
@@ -107,12 +126,10 @@ _DROPPED = frozenset({b"keep-alive", b"proxy-connection", b"te", b"trailer"})
 #: why the request is refused.
 _BODY_FIELDS = frozenset({b"content-length", b"transfer-encoding", b"upgrade"})
 
-# The fields that say how a message is framed or that must not be forwarded,
-# in a checked head that is lowered and starts with LF: the span of a match
-# is that of the field's line (CRLF included) in the head as it came.
-_FRAMING_FIELD = re.compile(
-    rb"\n(connection|content-length|keep-alive|proxy-connection|te|trailer|transfer-encoding|upgrade):([^\r]*)\r"
-)
+# The hop-by-hop fields of a response head read by the fast path, in the
+# head lowered and starting with LF: the span of a match is that of the
+# field's line (CRLF included) in the head as it came.
+_HOP_FIELD = re.compile(rb"\n(connection|keep-alive|proxy-connection|te|trailer):([^\r]*)\r")
 
 
 class ProtocolError(Exception):
@@ -259,6 +276,7 @@ class _Framing:
         self.upgrade = upgrade if b"upgrade" in options else None
 
 
+_NO_OPTIONS = frozenset()
 _KEEP_ALIVE = frozenset({b"keep-alive"})
 _CLOSE_OR_KEEP_ALIVE = frozenset({b"close", b"keep-alive"})
 
@@ -288,8 +306,10 @@ class _Reader:
     @ivar _parser: the llhttp parser.
     @ivar _events: the events of the current C{feed}.
     @ivar _fields: the header fields of the message being read.
-    @ivar _inHead: whether the head of a message is being read; fields
-        that arrive otherwise are trailers.
+    @ivar inHead: whether the head of a message is being read (begun and
+        not yet ended); fields that arrive otherwise are trailers.  The
+        server reads it after every read of a client, to time how long the
+        client takes to send its head.
     @ivar _size: bytes of the complete fields of the current head (or
         trailer section) so far.
     @ivar _raw: bytes of the reads that fell wholly inside the current
@@ -309,7 +329,7 @@ class _Reader:
         self._parser = self._newParser()
         self._events: list = []
         self._fields: list[tuple[bytes, bytes]] = []
-        self._inHead = False
+        self.inHead = False
         self._size = 0
         self._raw = 0
         self._error: ProtocolError | None = None
@@ -318,17 +338,9 @@ class _Reader:
         self._error = ProtocolError(status, reason)
         return self._error
 
-    @property
-    def inHead(self) -> bool:
-        """
-        Whether a message's head has begun and not yet ended: the server
-        times how long a client takes to send its head.
-        """
-        return self._inHead
-
     def on_message_begin(self) -> None:
         self._idle = False
-        self._inHead = True
+        self.inHead = True
         self._size = 0
         self._raw = 0
         self._fields = []
@@ -337,11 +349,11 @@ class _Reader:
         self._size += len(name) + len(value) + 4
         if self._size > self._maxHead:
             raise self._fail(431, "header section too large")
-        if self._inHead:
+        if self.inHead:
             self._fields.append((name, value))
 
     def on_headers_complete(self) -> None:
-        self._inHead = False
+        self.inHead = False
         # Trailers are counted against the same limit as the head.
         self._size = 0
         self._headComplete(_Framing(self._fields))
@@ -361,7 +373,7 @@ class _Reader:
         @return: the events, in order.
         """
         events = self._events = []
-        wasInHead, fields = self._inHead, self._fields
+        wasInHead, fields = self.inHead, self._fields
         try:
             self._parser.feed_data(data)
         except HttpParserUpgrade as e:
@@ -372,7 +384,7 @@ class _Reader:
             error, self._error = self._error, None
             events.append((ERROR, error or ProtocolError(400, str(e))))
         else:
-            if wasInHead and self._inHead and self._fields is fields:
+            if wasInHead and self.inHead and self._fields is fields:
                 # A field llhttp has not finished grows in its buffer, unseen
                 # by on_header: bound it by the reads that fell wholly inside
                 # one head (on_message_begin makes a new field list).  Only
@@ -418,17 +430,21 @@ class RequestReader(_Reader):
 
     def feed(self, data: bytes) -> list:
         events: list = []
-        while data and self._idle:
-            match = _REQUEST_HEAD.match(data)
-            if match is None or match.end() > self._maxHead or len(match.group(2)) > self._maxLine:
+        start = 0
+        while self._idle:
+            match = _REQUEST_HEAD.match(data, start)
+            if match is None:
+                break
+            end = match.end()
+            if end - start > self._maxHead or len(match.group(2)) > self._maxLine:
                 break
             head = self._readHead(match)
             if head is None:
                 break
             events += ((HEAD, head), (END, None))
-            data = data[match.end():]
-        if data:
-            events += super().feed(data)
+            start = end
+        if start < len(data):
+            events += super().feed(data[start:] if start else data)
         return events
 
     def _readHead(self, match: re.Match) -> RequestHead | None:
@@ -505,6 +521,32 @@ class RequestReader(_Reader):
         )
 
 
+class _FastHead:
+    """
+    A response head as the fast path of L{ResponseReader} read it.
+
+    @ivar data: the head's bytes, from the status line to the empty line.
+    @ivar status: the status code.
+    @ivar reason: the reason phrase.
+    @ivar raw: the end-to-end field lines (L{ResponseHead.raw}).
+    @ivar keepAlive: whether the endpoint keeps the connection open.
+    @ivar contentLength: the body length, or L{None} for a status that has
+        no body.
+    """
+
+    __slots__ = ("data", "status", "reason", "raw", "keepAlive", "contentLength")
+
+    def __init__(
+        self, data: bytes, status: int, reason: bytes, raw: bytes, keepAlive: bool, contentLength: int | None
+    ) -> None:
+        self.data = data
+        self.status = status
+        self.reason = reason
+        self.raw = raw
+        self.keepAlive = keepAlive
+        self.contentLength = contentLength
+
+
 class ResponseReader(_Reader):
     """
     Reads the responses of one connection to an endpoint.
@@ -516,9 +558,9 @@ class ResponseReader(_Reader):
 
     The common response, read whole or at least its whole head, with a
     C{Content-Length} or no body, is read without llhttp: one regular
-    expression checks its head as strictly as llhttp would and another
-    splits the fields, where llhttp would call back into Python for each
-    field, which costs more than the rest of the exchange's parsing.  Any
+    expression checks its head as strictly as llhttp would and finds the
+    fields that frame it, where llhttp would call back into Python for
+    each field, which costs more than the rest of the exchange's parsing.  Any
     other response (a head split over reads, C{Transfer-Encoding}, a body
     running to the close, a 1xx, an upgrade, a C{Connection} naming
     fields, anything the expression refuses) goes to llhttp, which then
@@ -613,59 +655,85 @@ class ResponseReader(_Reader):
             if self._idle:
                 match = _RESPONSE_HEAD.match(data)
                 if match is not None and match.end() <= self._maxHead:
-                    rest = self._readHead(match, data, events)
-                    if rest is not None:
-                        data = rest
+                    head = self._readHead(match, data)
+                    if head is not None:
+                        data = self._readBody(head, data, events)
                         continue
             events += self._parse(data)
             break
         return events
 
-    def _readHead(self, match: re.Match, data: bytes, events: list) -> bytes | None:
+    def _readHead(self, match: re.Match, data: bytes) -> _FastHead | None:
         """
-        Read the head C{match}ed at the start of C{data}, and as much of its
-        body as C{data} holds, into C{events}.
+        Read the head C{match}ed at the start of C{data}.
 
-        @return: the bytes after what was read, or L{None} if the response
-            is not one for the fast path, and nothing was read.
+        @return: the head, or L{None} if the response is not one for the
+            fast path.
         """
-        fields = match.group(4)
+        length, connection, hop, framed, lengths = match.group(
+            "length", "connection", "hop", "framed", "lengths"
+        )
+        if framed is not None or lengths is not None:
+            # llhttp reads Transfer-Encoding and refuses a repeated
+            # Content-Length: let it say why.
+            return None
         contentLength = None
-        http11 = match.group(1) == b"1"
-        connection: set[bytes] = set()
-        raw = fields
-        cut = 0
-        for framing in _FRAMING_FIELD.finditer(b"\n" + fields.lower()):
-            name, value = framing.groups()
-            if name == b"content-length":
-                value = value.strip(b" \t")
-                if contentLength is not None or not value.isdigit() or len(value) > 15:
-                    # llhttp refuses these; let it say why.
-                    return None
-                contentLength = int(value)
-                continue
-            if name == b"transfer-encoding" or name == b"upgrade":
+        if length is not None:
+            length = length.strip(b" \t")
+            if not length.isdigit() or len(length) > 15:
                 return None
-            if name == b"connection":
-                options = _connectionOptions(value)
-                if options is None:
-                    return None
-                connection |= options
-            # A hop-by-hop field: cut its line out of what is forwarded.
-            start, end = framing.span()
-            raw = raw[: start - cut] + raw[end - cut :]
-            cut += end - start
+            contentLength = int(length)
+        options = _NO_OPTIONS
+        raw = match.group(4)
+        if hop is not None or match.group("connections") is not None:
+            # Several lines to leave out: find them all.
+            options = set()
+            cut = 0
+            for field in _HOP_FIELD.finditer(b"\n" + raw.lower()):
+                name, value = field.groups()
+                if name == b"connection":
+                    more = _connectionOptions(value)
+                    if more is None:
+                        return None
+                    options |= more
+                start, end = field.span()
+                raw = raw[: start - cut] + raw[end - cut :]
+                cut += end - start
+        elif connection is not None:
+            options = _connectionOptions(connection.lower())
+            if options is None:
+                return None
+            # The field's line, from its name to its CRLF, is left out.
+            start = match.start(4)
+            raw = data[start : match.start(8) - 11] + data[match.end(8) + 2 : match.end(4)]
+        http11 = match.group(1) == b"1"
+        keepAlive = b"close" not in options if http11 else b"keep-alive" in options
         status = int(match.group(2))
-        keepAlive = b"close" not in connection if http11 else b"keep-alive" in connection
         if not keepAlive or (contentLength is None and status not in _BODILESS_STATUSES):
             # What follows is llhttp's to judge: bytes after the last
             # response, or a body that runs to the close.
             return None
+        return _FastHead(data[: match.end()], status, match.group(3), raw, keepAlive, contentLength)
+
+    def _readBody(self, head: _FastHead, data: bytes, events: list) -> bytes:
+        """
+        Read the response whose C{head} starts C{data}, and as much of its
+        body as C{data} holds, into C{events}.
+
+        @return: the bytes after what was read.
+        """
+        status = head.status
+        contentLength = head.contentLength
         bodiless = self._bodiless or status in _BODILESS_STATUSES
-        rest = data[match.end():]
+        rest = data[len(head.data) :]
         whole = bodiless or len(rest) >= contentLength
         events.append(
-            (HEAD, ResponseHead(status, match.group(3), None, keepAlive, contentLength, False, None, False, raw, whole))
+            (
+                HEAD,
+                ResponseHead(
+                    status, head.reason, None, head.keepAlive, contentLength, False, None, False, head.raw, whole
+                ),
+            )
         )
         if bodiless:
             events.append((END, None))
