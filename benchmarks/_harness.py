@@ -229,7 +229,12 @@ defaults
 
 
 def meshproxy(
-    directory: Path, port: int, backends: Sequence[int], opaque: bool = True, balancer: str | None = None
+    directory: Path,
+    port: int,
+    backends: Sequence[int],
+    opaque: bool = True,
+    balancer: str | None = None,
+    maxConnections: int = 0,
 ) -> subprocess.Popen:
     """
     meshproxy with an upstream listener for a service of the C{backends}
@@ -237,12 +242,18 @@ def meshproxy(
     HTTP path (each request parsed, routed and balanced on its own), with
     the C{balancer} algorithm or the default.  Returns once C{/ready} says
     every listener is bound.
+
+    @param maxConnections: C{[proxy] max_connections}, or 0 for the
+        default (half the open-files limit).
     """
     endpoints = ", ".join(f'{{ address = "127.0.0.1:{backend}" }}' for backend in backends)
     return startMeshproxy(
         directory,
         f"meshproxy-{port}",
         f"""
+[proxy]
+max_connections = {maxConnections}
+
 [[upstreams]]
 listen = "tcp:{port}:interface=127.0.0.1"
 service = "backend"

@@ -400,7 +400,10 @@ def idle(run: Run, backend: int, count: int) -> None:
     meanwhile.
     """
     port = freePort()
-    proxy = run.start(meshproxy(run.directory, port, [backend], opaque=False))
+    # Idle HTTP clients share one pooled connection to the backend, so the
+    # default cap (two descriptors a connection) would stop short of
+    # count on a machine whose open-files limit is 2 x count.
+    proxy = run.start(meshproxy(run.directory, port, [backend], opaque=False, maxConnections=count + 100))
     before = familyRSS([proxy.pid])
     request = b"GET /small HTTP/1.1\r\nHost: backend\r\n\r\n"
     held = []
