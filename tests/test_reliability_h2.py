@@ -41,6 +41,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from meshproxy.http import AuthorityRouter
 from meshproxy.http.h2 import MAX_CONCURRENT_STREAMS, MAX_HEADER_LIST_SIZE, STREAM_WINDOW
 from meshproxy.http.h2server import H2ServerProtocol
+from meshproxy.limits import HEADER_BYTES, Limits
 
 from .realprocess import Proxy, freePort, run, serve, tool
 from .test_http_h2server import GET, POST, Harness, Peer, frames
@@ -355,6 +356,23 @@ class HeaderBlockTests(SynchronousTestCase):
         self.assertEqual(goAway(h.server.transport).error_code, ErrorCodes.ENHANCE_YOUR_CALM)
         pending = sum(len(f.data) for f in h.server.h2.incoming_buffer._headers_buffer)
         self.assertLessEqual(pending, MAX_HEADER_LIST_SIZE)
+        self.assertEqual(h.limits.exceeded[HEADER_BYTES], 1)
+        self.assertEqual(refused(h, "header_bytes"), 1)
+
+    def test_headerListTooLarge(self):
+        """
+        A header list over C{max_header_bytes} once decoded (an HPACK bomb,
+        or just many fields) ends the connection, counted as the HTTP/2
+        431.
+        """
+        h = Harness(limits=Limits(maxHeaderBytes=2048))
+        h.client.h2.send_headers(1, GET + [(b"x-big", b"v" * 4096)], end_stream=True)
+        h.client.pump(h.server)
+        self.assertTrue(h.server.transport.disconnecting)
+        (terminated,) = h.client.of(ConnectionTerminated)
+        self.assertEqual(terminated.error_code, ErrorCodes.ENHANCE_YOUR_CALM)
+        self.assertEqual(h.limits.exceeded[HEADER_BYTES], 1)
+        self.assertEqual(h.connector.attempts, [])
 
     def test_emptyFrames(self):
         """

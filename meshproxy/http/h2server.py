@@ -68,6 +68,7 @@ from h2.events import (
     TrailersReceived,
     WindowUpdated,
 )
+from h2.exceptions import DenialOfServiceError
 from h2.exceptions import ProtocolError as H2ProtocolError
 from h2.exceptions import StreamClosedError
 from h2.settings import SettingCodes
@@ -80,6 +81,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ..drain import IDrainable
+from ..limits import HEADER_BYTES
 from .exchange import CLIENT_FULL, Exchange
 from .h1 import ProtocolError, ResponseHead
 from .h2 import FloodBudget, ResetBudget, StreamSender, newConnection, origProtoOf, requestFromHeaders, responseHeaders
@@ -417,7 +419,13 @@ class H2ServerProtocol(Protocol):
         except H2ProtocolError as e:
             # h2 queued the GOAWAY that says why.
             self._log.info("HTTP/2 error from {peer}: {error}", peer=self.transport.getPeer(), error=e)
-            self._refused("protocol_error")
+            if isinstance(e, DenialOfServiceError):
+                # h2 raises it only for a header block or list over the
+                # limit: the HTTP/2 431.
+                self._context.limits.refused(HEADER_BYTES)
+                self._refused("header_bytes")
+            else:
+                self._refused("protocol_error")
             self._close()
             return
         handlers = self._handlers
