@@ -277,6 +277,8 @@ class Proxy:
     shutdown_grace: float = 30.0
     response_timeout: float = 30.0
     header_timeout: float = 10.0
+    #: How long an HTTP/2 client may stay silent before it is sent a PING.
+    h2_keepalive: float = 10.0
     discovery_timeout: float = 10.0
     #: Reactor processes sharing the listeners (L{meshproxy.workers}).
     workers: int = 1
@@ -524,6 +526,7 @@ class Reader:
             shutdown_grace=table.convert("shutdown_grace", parseDuration, defaults.shutdown_grace),
             response_timeout=table.convert("response_timeout", parseDuration, defaults.response_timeout),
             header_timeout=table.convert("header_timeout", parseDuration, defaults.header_timeout),
+            h2_keepalive=table.convert("h2_keepalive", parseDuration, defaults.h2_keepalive),
             discovery_timeout=table.convert("discovery_timeout", parseDuration, defaults.discovery_timeout),
             workers=table.get("workers", int, "a positive number of processes", defaults.workers),
             max_connections=table.get("max_connections", int, "a number of connections", defaults.max_connections),

@@ -210,7 +210,9 @@ class ProxyService(MultiService):
                         h2=h2,
                         clientId=clientId,
                     )
-                return HTTPServerProtocol(context) if isinstance(verdict, HTTP1) else H2ServerProtocol(context)
+                if isinstance(verdict, HTTP1):
+                    return HTTPServerProtocol(context)
+                return H2ServerProtocol(context, config.proxy.h2_keepalive)
 
             return build
 

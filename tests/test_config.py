@@ -188,6 +188,15 @@ class LoadTests(_ConfigFiles, SynchronousTestCase):
             ],
         )
 
+    def test_h2KeepAlive(self):
+        """
+        C{[proxy] h2_keepalive} is a duration, 10 s unless set; 0 turns the
+        PINGs off.
+        """
+        inbound = '[[inbound]]\nlisten = "tcp:4143"\napp = "127.0.0.1:80"\n'
+        self.assertEqual(load(self.write(inbound)).proxy.h2_keepalive, 10.0)
+        self.assertEqual(load(self.write('[proxy]\nh2_keepalive = "0"\n' + inbound)).proxy.h2_keepalive, 0.0)
+
     def test_adminShutdown(self):
         """
         C{[admin] shutdown} enables C{POST /shutdown}; it must be a boolean.
