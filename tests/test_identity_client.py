@@ -761,22 +761,7 @@ class RenewalProcessTests(TestCase):
             self.assertGreater(samples("identity_cert_refresh_timestamp_seconds"), started)
 
         # A new connection gets the new certificate.
-        code, output = await run(
-            [
-                tool("openssl", "openssl"),
-                "s_client",
-                "-connect",
-                f"127.0.0.1:{inbound}",
-                "-servername",
-                "web.mesh.local",
-                "-CAfile",
-                caDir.child("ca.pem").path,
-                "-verify_return_error",
-            ],
-            stdin=b"",
-        )
-        self.assertEqual(code, 0, output)
-        served = x509.load_pem_x509_certificate(output)
+        served = await servedCertificate(self, inbound, caDir)
         self.assertEqual(served.not_valid_after_utc.timestamp(), (await self.expiry(server)))
 
         pingPong.transport.loseConnection()
@@ -784,6 +769,30 @@ class RenewalProcessTests(TestCase):
         for p in (server, client):
             await p.stop()
         self.assertEqual(privateKeysWritten(FilePath(os.getcwd()), since=started, but=caDir), [])
+
+
+async def servedCertificate(testCase: TestCase, port: int, caDir: FilePath) -> x509.Certificate:
+    """
+    The certificate that a new connection to the proxy's listener on
+    C{port} gets for C{web.mesh.local}, verified (by C{openssl s_client})
+    against the CA of C{caDir}.
+    """
+    code, output = await run(
+        [
+            tool("openssl", "openssl"),
+            "s_client",
+            "-connect",
+            f"127.0.0.1:{port}",
+            "-servername",
+            "web.mesh.local",
+            "-CAfile",
+            caDir.child("ca.pem").path,
+            "-verify_return_error",
+        ],
+        stdin=b"",
+    )
+    testCase.assertEqual(code, 0, output)
+    return x509.load_pem_x509_certificate(output)
 
 
 async def identityProxy(testCase: TestCase, caDir: FilePath, issuerPort: int, identity: str, listeners: str) -> Proxy:

@@ -57,8 +57,15 @@ class Mesh(TestCase):
         The client-side proxy: an upstream listener for service C{web}
         whose endpoints are (port, identity) pairs.
         """
-        listen = freePort()
         listed = ", ".join(f'{{ address = "127.0.0.1:{port}", identity = "{name}" }}' for port, name in endpoints)
+        return await self.webProxy(f'opaque = {str(opaque).lower()}\nupgrade = "{upgrade}"\nendpoints = [{listed}]\n')
+
+    async def webProxy(self, settings: str) -> tuple[Proxy, int]:
+        """
+        The client-side proxy: an upstream listener for the round-robin
+        service C{web}, with the further C{settings} lines of its table.
+        """
+        listen = freePort()
         listener = f"""
 [[upstreams]]
 listen = "tcp:{listen}:interface=127.0.0.1"
@@ -66,10 +73,7 @@ service = "web"
 
 [services.web]
 balancer = "round-robin"
-opaque = {str(opaque).lower()}
-upgrade = "{upgrade}"
-endpoints = [{listed}]
-"""
+{settings}"""
         return await Proxy(self, self.identity(CLIENT) + listener).start(), listen
 
     async def curl(self, url: str) -> bytes:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 import time
 
-from cryptography import x509
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
@@ -21,7 +20,7 @@ from twisted.python.filepath import FilePath
 from twisted.trial.unittest import TestCase
 
 from .realprocess import Proxy, freePort, get, run, tool
-from .test_identity_client import Echo, PingPong, echoMesh
+from .test_identity_client import Echo, PingPong, echoMesh, servedCertificate
 from .test_identity_issuer import IssuerProcess
 
 #: The certificates' lifetime, in seconds: the proxies renew at 70 %.
@@ -118,22 +117,7 @@ class IssuerOutageTests(TestCase):
             self.assertNotIn("EXPIRED", proxy.output)
 
         # A new connection gets the server's new certificate.
-        code, output = await run(
-            [
-                tool("openssl", "openssl"),
-                "s_client",
-                "-connect",
-                f"127.0.0.1:{inbound}",
-                "-servername",
-                "web.mesh.local",
-                "-CAfile",
-                caDir.child("ca.pem").path,
-                "-verify_return_error",
-            ],
-            stdin=b"",
-        )
-        self.assertEqual(code, 0, output)
-        served = x509.load_pem_x509_certificate(output)
+        served = await servedCertificate(self, inbound, caDir)
         self.assertEqual(served.not_valid_after_utc.timestamp(), await expiry(proxies[0]))
         report = (
             f"issuer down {returned - stopped:.1f}s (window {WINDOW:g}s, lifetime {LIFETIME:g}s),"

@@ -20,7 +20,7 @@ from twisted.internet import reactor
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.filepath import FilePath
 
-from .realprocess import Proxy, freePort, run, tool
+from .realprocess import Proxy, run, tool
 from .test_discovery_integration import Traffic, until
 from .test_mtls_integration import CLIENT, SERVER, Mesh
 
@@ -107,18 +107,7 @@ class PoolTests(Mesh):
         The client-side proxy, its service C{web} discovered from the
         watched file C{path}.
         """
-        listen = freePort()
-        config = f"""
-[[upstreams]]
-listen = "tcp:{listen}:interface=127.0.0.1"
-service = "web"
-
-[services.web]
-balancer = "round-robin"
-upgrade = "{upgrade}"
-discovery = {{ file = "{path.path}" }}
-"""
-        return await Proxy(self, self.identity(CLIENT) + config).start(), listen
+        return await self.webProxy(f'upgrade = "{upgrade}"\ndiscovery = {{ file = "{path.path}" }}\n')
 
     async def endpointLeft(self, upgrade: str) -> None:
         """
