@@ -60,6 +60,9 @@ _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _SIZE = re.compile(r"^(\d+)(B|KiB|MiB|GiB)$")
 _SIZES = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}
 _DNS_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+#: The problem with an endpoint identity, static or discovered, in a proxy
+#: without one of its own.
+_NEEDS_MTLS = "reaching an endpoint over mTLS needs proxy.identity and proxy.trust_anchors"
 #: The keys of C{[identity]} that get certificates from an issuer.
 _ISSUER_KEYS = frozenset({"issuer", "issuer_identity", "token_file"})
 
@@ -699,7 +702,7 @@ class Reader:
             if not isDNSName(text.replace("{target}", "target")):
                 raise ValueError(f"expected a DNS name in which {{target}} stands for the SRV target, got {text!r}")
             if not self.mtls:
-                raise ValueError("reaching an endpoint over mTLS needs proxy.identity and proxy.trust_anchors")
+                raise ValueError(_NEEDS_MTLS)
             return text
 
         identity = table.convert("identity", pattern)
@@ -727,7 +730,7 @@ class Reader:
         address = table.convert("address", parseAddress, required=True)
         identity = self.identityName(table, "identity")
         if identity is not None and not self.mtls:
-            table.error("identity", "reaching an endpoint over mTLS needs proxy.identity and proxy.trust_anchors")
+            table.error("identity", _NEEDS_MTLS)
         weight = table.get("weight", int, "a positive integer", 1)
         if weight < 1:
             table.error("weight", f"expected a positive integer, got {weight!r}")

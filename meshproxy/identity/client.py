@@ -146,10 +146,10 @@ def retryDelay(failures: int, now: float, expires: float | None, sample: float) 
     How long to wait before the next attempt after C{failures} failed
     exchanges in a row.
 
-    The base is L{RETRY_MINIMUM} doubled after each failure, up to
-    L{RETRY_MAXIMUM} (L{meshproxy.backoff.doubling}), and while the
-    current certificate is valid, up to L{RETRY_EXPIRY_SHARE} of the time
-    it has left; the wait is the base times a factor between
+    The base is L{RETRY_MINIMUM} doubled after each failure
+    (L{meshproxy.backoff.doubling}) up to a maximum: L{RETRY_MAXIMUM}, and
+    while the current certificate is valid, at most L{RETRY_EXPIRY_SHARE}
+    of the time it has left; the wait is the base times a factor between
     M{1 - RETRY_JITTER} and M{1 + RETRY_JITTER}.  So an issuer that comes
     back a time M{t} before the expiry is asked again within
     M{1.2 max(t / 4, 1)} seconds.  The wait ends at the expiry at the
@@ -162,10 +162,11 @@ def retryDelay(failures: int, now: float, expires: float | None, sample: float) 
         there is none.
     @param sample: a random number in [0, 1) that picks the jitter.
     """
-    base = doubling(failures - 1, RETRY_MINIMUM, RETRY_MAXIMUM)
     valid = expires is not None and now < expires
+    maximum = RETRY_MAXIMUM
     if valid:
-        base = min(base, max(RETRY_EXPIRY_SHARE * (expires - now), RETRY_MINIMUM))
+        maximum = min(maximum, max(RETRY_EXPIRY_SHARE * (expires - now), RETRY_MINIMUM))
+    base = doubling(failures - 1, RETRY_MINIMUM, maximum)
     delay = base * (1.0 + RETRY_JITTER * (2.0 * sample - 1.0))
     return min(delay, expires - now) if valid else delay
 
