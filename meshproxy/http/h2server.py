@@ -279,12 +279,13 @@ class H2Exchange(Exchange):
         self._accountError(status)
         self._exchangeDone()
 
-    def _exchangeDone(self) -> None:
+    def _leave(self) -> H2ServerProtocol:
         """
-        The response is complete (or waits only for window): the stream
-        leaves the connection's exchanges.  A request still being sent is
-        refused the rest with C{NO_ERROR} (RFC 9113, section 8.1), once the
-        response is out.
+        The exchange is over, however it ended: it stops counting against
+        C{[proxy] max_requests} and leaves the connection's exchanges and
+        timers.
+
+        @return: the connection, for what the caller does next.
         """
         self._done = True
         if self._admitted:
@@ -292,6 +293,16 @@ class H2Exchange(Exchange):
         server = self._server
         server._streams.pop(self._streamId, None)
         server._watched.discard(self)
+        return server
+
+    def _exchangeDone(self) -> None:
+        """
+        The response is complete (or waits only for window): the stream
+        leaves the connection's exchanges.  A request still being sent is
+        refused the rest with C{NO_ERROR} (RFC 9113, section 8.1), once the
+        response is out.
+        """
+        server = self._leave()
         if self._sender.waiting:
             server._wait(self)
         elif not self._requestDone:
@@ -304,12 +315,7 @@ class H2Exchange(Exchange):
         """
         A response that started cannot be completed: reset the stream.
         """
-        self._done = True
-        if self._admitted:
-            self._release()
-        server = self._server
-        server._streams.pop(self._streamId, None)
-        server._watched.discard(self)
+        server = self._leave()
         server._unwait(self._streamId)
         server._reset(self._streamId, self._resetCode)
         server._closeIfDone()
