@@ -525,7 +525,8 @@ class _FastHead:
     """
     A response head as the fast path of L{ResponseReader} read it.
 
-    @ivar data: the head's bytes, from the status line to the empty line.
+    @ivar size: the length of the head, from the status line to the empty
+        line: where the body starts in the bytes it was read from.
     @ivar status: the status code.
     @ivar reason: the reason phrase.
     @ivar raw: the end-to-end field lines (L{ResponseHead.raw}).
@@ -534,12 +535,12 @@ class _FastHead:
         no body.
     """
 
-    __slots__ = ("data", "status", "reason", "raw", "keepAlive", "contentLength")
+    __slots__ = ("size", "status", "reason", "raw", "keepAlive", "contentLength")
 
     def __init__(
-        self, data: bytes, status: int, reason: bytes, raw: bytes, keepAlive: bool, contentLength: int | None
+        self, size: int, status: int, reason: bytes, raw: bytes, keepAlive: bool, contentLength: int | None
     ) -> None:
-        self.data = data
+        self.size = size
         self.status = status
         self.reason = reason
         self.raw = raw
@@ -713,7 +714,7 @@ class ResponseReader(_Reader):
             # What follows is llhttp's to judge: bytes after the last
             # response, or a body that runs to the close.
             return None
-        return _FastHead(data[: match.end()], status, match.group(3), raw, keepAlive, contentLength)
+        return _FastHead(match.end(), status, match.group(3), raw, keepAlive, contentLength)
 
     def _readBody(self, head: _FastHead, data: bytes, events: list) -> bytes:
         """
@@ -725,7 +726,7 @@ class ResponseReader(_Reader):
         status = head.status
         contentLength = head.contentLength
         bodiless = self._bodiless or status in _BODILESS_STATUSES
-        rest = data[len(head.data) :]
+        rest = data[head.size :]
         whole = bodiless or len(rest) >= contentLength
         events.append(
             (
