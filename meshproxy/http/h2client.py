@@ -355,31 +355,32 @@ class H2ClientConnection(Protocol):
             refused = Failure(StreamError(ErrorCodes.REFUSED_STREAM, "the connection is closing"))
             self._pool.clock.callLater(0, stream._failed, refused)
             return
-        h2 = self.h2
         # Our own count: h2's walks every stream on each call.
-        if self._queued or len(self._streams) >= h2.remote_settings.max_concurrent_streams:
+        if self._queued or len(self._streams) >= self.h2.remote_settings.max_concurrent_streams:
             self._queued.append(stream)
             stream._throttle(_WINDOW, True)
             return
-        streamId = h2.get_next_available_stream_id()
+        self._start(stream)
+        self._flush()
+
+    def _openQueued(self) -> None:
+        queued = self._queued
+        maxStreams = self.h2.remote_settings.max_concurrent_streams
+        while queued and len(self._streams) < maxStreams:
+            self._start(queued.popleft())
+
+    def _start(self, stream: _Stream) -> None:
+        """
+        Give C{stream} the next stream id and send its head, throttled like
+        the open streams if the transport is full.
+        """
+        streamId = self.h2.get_next_available_stream_id()
         self._streams[streamId] = stream
         if self._full:
             stream._throttle(_TRANSPORT, True)
         stream._start(streamId)
         if stream._sender.waiting:
             self._waiting.add(stream)
-        self._flush()
-
-    def _openQueued(self) -> None:
-        queued = self._queued
-        h2 = self.h2
-        while queued and len(self._streams) < h2.remote_settings.max_concurrent_streams:
-            stream = queued.popleft()
-            streamId = h2.get_next_available_stream_id()
-            self._streams[streamId] = stream
-            stream._start(streamId)
-            if stream._sender.waiting:
-                self._waiting.add(stream)
 
     def _forget(self, stream: _Stream) -> bool:
         """
