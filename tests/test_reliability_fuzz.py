@@ -62,6 +62,13 @@ RESPONSES = [
 HOP_BY_HOP = {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding", b"upgrade"}
 
 
+#: One edit for L{mutate}.
+_EDIT = st.tuples(st.integers(0, 2), st.integers(min_value=0), st.integers(0, 255))
+
+#: Where to split bytes into reads, for L{pieces}.
+_SPLITS = st.lists(st.integers(min_value=0), max_size=6)
+
+
 def mutate(data: bytes, edits: list[tuple[int, int, int]]) -> bytes:
     """
     Apply C{edits}, (kind, position, byte) triples, to C{data}: replace,
@@ -149,29 +156,29 @@ class H1FuzzTests(SynchronousTestCase):
         return whole
 
     @FUZZ
-    @given(st.binary(max_size=400), st.lists(st.integers(min_value=0), max_size=6))
+    @given(st.binary(max_size=400), _SPLITS)
     def test_requestRandomBytes(self, data, splits):
         self.assertSplitInvariant(RequestReader, data, splits)
 
     @FUZZ
     @given(
         st.sampled_from(REQUESTS),
-        st.lists(st.tuples(st.integers(0, 2), st.integers(min_value=0), st.integers(0, 255)), max_size=4),
-        st.lists(st.integers(min_value=0), max_size=6),
+        st.lists(_EDIT, max_size=4),
+        _SPLITS,
     )
     def test_requestMutations(self, request, edits, splits):
         self.assertSplitInvariant(RequestReader, mutate(request, edits), splits)
 
     @FUZZ
-    @given(st.binary(max_size=400), st.lists(st.integers(min_value=0), max_size=6))
+    @given(st.binary(max_size=400), _SPLITS)
     def test_responseRandomBytes(self, data, splits):
         self.assertSplitInvariant(ResponseReader, b"HTTP/1.1 " + data, splits)
 
     @FUZZ
     @given(
         st.sampled_from(RESPONSES),
-        st.lists(st.tuples(st.integers(0, 2), st.integers(min_value=0), st.integers(0, 255)), max_size=4),
-        st.lists(st.integers(min_value=0), max_size=6),
+        st.lists(_EDIT, max_size=4),
+        _SPLITS,
     )
     def test_responseMutations(self, response, edits, splits):
         self.assertSplitInvariant(ResponseReader, mutate(response, edits), splits)
@@ -446,7 +453,7 @@ class ConfigFuzzTests(SynchronousTestCase):
         self.assertIn(self.path.path, str(error))
 
     @FUZZ
-    @given(st.lists(st.tuples(st.integers(0, 2), st.integers(min_value=0), st.integers(0, 255)), min_size=1, max_size=6))
+    @given(st.lists(_EDIT, min_size=1, max_size=6))
     def test_mutatedText(self, edits):
         self.path.setContent(mutate(CONFIG, edits))
         try:
