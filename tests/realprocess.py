@@ -117,6 +117,24 @@ async def get(url: str) -> tuple[int, bytes]:
     return response.code, await readBody(response)
 
 
+def upstreamConfig(listen: int, backend: int, proxy: str = "") -> str:
+    """
+    A proxy configuration with one upstream listener on C{listen} routing
+    to a static service C{web} whose one endpoint is 127.0.0.1:C{backend},
+    and C{proxy} (TOML lines) as its C{[proxy]} table.
+    """
+    return f"""[proxy]
+{proxy}
+
+[[upstreams]]
+listen = "tcp:{listen}:interface=127.0.0.1"
+service = "web"
+
+[services.web]
+endpoints = [{{ address = "127.0.0.1:{backend}" }}]
+"""
+
+
 class Proxy:
     """
     A C{twistd -n meshproxy} process with a configuration file written for

@@ -15,7 +15,7 @@ from twisted.internet.protocol import Protocol
 from twisted.trial.unittest import TestCase
 from twisted.web.server import Site
 
-from .realprocess import Proxy, freePort
+from .realprocess import Proxy, freePort, upstreamConfig
 from .test_http_integration import Raw
 from .test_integration import Named
 
@@ -59,19 +59,7 @@ class LimitTests(TestCase):
         port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(Site(Named(b"ok")))
         self.addCleanup(port.stopListening)
         listen = freePort()
-        proxy = await Proxy(
-            self,
-            f"""[proxy]
-{limits}
-
-[[upstreams]]
-listen = "tcp:{listen}:interface=127.0.0.1"
-service = "web"
-
-[services.web]
-endpoints = [{{ address = "127.0.0.1:{port.getHost().port}" }}]
-""",
-        ).start()
+        proxy = await Proxy(self, upstreamConfig(listen, port.getHost().port, limits)).start()
         return proxy, listen
 
     async def connect(self, listen: int, protocol):

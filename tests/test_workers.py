@@ -17,7 +17,7 @@ from twisted.web.server import Site
 from meshproxy.config import ConfigError, load
 from meshproxy.workers import listeners, mergeExpositions, workerConfig
 
-from .realprocess import Proxy, Samples, freePort, get
+from .realprocess import Proxy, Samples, freePort, get, upstreamConfig
 
 WORKER = """\
 # TYPE request_total counter
@@ -146,20 +146,7 @@ class WorkersIntegrationTests(TestCase):
         port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(Site(Hello()))
         self.addCleanup(port.stopListening)
         listen = freePort()
-        proxy = await Proxy(
-            self,
-            f"""
-[proxy]
-workers = 2
-
-[[upstreams]]
-listen = "tcp:{listen}:interface=127.0.0.1"
-service = "web"
-
-[services.web]
-endpoints = [{{ address = "127.0.0.1:{port.getHost().port}" }}]
-""",
-        ).start()
+        proxy = await Proxy(self, upstreamConfig(listen, port.getHost().port, "workers = 2")).start()
         children = [
             int(pid)
             for task in Path(f"/proc/{proxy.process.pid}/task").iterdir()
