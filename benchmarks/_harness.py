@@ -235,6 +235,8 @@ def meshproxy(
     opaque: bool = True,
     balancer: str | None = None,
     maxConnections: int = 0,
+    workers: int = 1,
+    cpus: str = PROXY_CPU,
 ) -> subprocess.Popen:
     """
     meshproxy with an upstream listener for a service of the C{backends}
@@ -245,6 +247,8 @@ def meshproxy(
 
     @param maxConnections: C{[proxy] max_connections}, or 0 for the
         default (half the open-files limit).
+    @param workers: C{[proxy] workers}.
+    @param cpus: the CPUs it runs on (L{startMeshproxy}).
     """
     endpoints = ", ".join(f'{{ address = "127.0.0.1:{backend}" }}' for backend in backends)
     return startMeshproxy(
@@ -253,6 +257,7 @@ def meshproxy(
         f"""
 [proxy]
 max_connections = {maxConnections}
+workers = {workers}
 
 [[upstreams]]
 listen = "tcp:{port}:interface=127.0.0.1"
@@ -263,22 +268,24 @@ opaque = {str(opaque).lower()}
 endpoints = [{endpoints}]
 {"" if balancer is None else f'balancer = "{balancer}"'}
 """,
+        cpus,
     )
 
 
-def startMeshproxy(directory: Path, name: str, config: str, cpus: str = PROXY_CPU) -> subprocess.Popen:
+def startMeshproxy(directory: Path, name: str, config: str, cpus: str | None = PROXY_CPU) -> subprocess.Popen:
     """
-    meshproxy on C{cpus} with the C{config} tables (an C{[admin]} table is
-    added), once C{/ready} says every listener is bound.
+    meshproxy on C{cpus} (on any CPU if L{None}) with the C{config} tables
+    (an C{[admin]} table is added), once C{/ready} says every listener is
+    bound.
     """
     admin = freePort()
     conf = directory / f"{name}.toml"
     conf.write_text(f'[admin]\nlisten = "tcp:{admin}:interface=127.0.0.1"\n{config}')
     twistd = Path(sys.executable).parent / "twistd"
     log = directory / f"{name}.log"
+    pin = [] if cpus is None else ["taskset", "-c", cpus]
     process = subprocess.Popen(
-        ["taskset", "-c", cpus, str(twistd), "-n", "--pidfile=", "--logfile", str(log),
-         "meshproxy", "--config", str(conf)]
+        [*pin, str(twistd), "-n", "--pidfile=", "--logfile", str(log), "meshproxy", "--config", str(conf)]
     )
     process.admin = admin
     deadline = time.monotonic() + 15

@@ -266,22 +266,7 @@ def oneHop(run: Run, backend: int) -> None:
     port = freePort()
     run.http("http1", "meshproxy", port, [run.start(meshproxy(run.directory, port, [backend], opaque=False))])
     port = freePort()
-    workers = startMeshproxy(
-        run.directory,
-        "meshproxy-workers",
-        f"""
-[proxy]
-workers = 2
-
-[[upstreams]]
-listen = "tcp:{port}:interface=127.0.0.1"
-service = "backend"
-
-[services.backend]
-endpoints = [{{ address = "127.0.0.1:{backend}" }}]
-""",
-        cpus=f"{LOAD_CPU},{PROXY_CPU}",
-    )
+    workers = meshproxy(run.directory, port, [backend], opaque=False, workers=2, cpus=f"{LOAD_CPU},{PROXY_CPU}")
     run.http("http1", "meshproxy workers=2", port, [run.start(workers)])
 
 

@@ -35,7 +35,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
@@ -46,7 +45,7 @@ from twisted.python.filepath import FilePath
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _harness import freePort, rssMB, stop, waitForPort  # noqa: E402
+from _harness import freePort, rssMB, startMeshproxy, stop, waitForPort  # noqa: E402
 
 from meshproxy.identity import ca  # noqa: E402
 
@@ -86,9 +85,9 @@ def proxy(directory: Path, name: str, identity: str, anchors: Path, cert: Path, 
     """
     Start C{twistd -n meshproxy} and wait for its C{/ready}.
     """
-    admin = freePort()
-    conf = directory / f"{name}.toml"
-    conf.write_text(
+    return startMeshproxy(
+        directory,
+        name,
         f"""
 [proxy]
 identity = "{identity}"
@@ -98,26 +97,10 @@ trust_anchors = "{anchors}"
 cert_file = "{cert}"
 key_file = "{key}"
 
-[admin]
-listen = "tcp:{admin}:interface=127.0.0.1"
 {listeners}
-"""
+""",
+        cpus=None,
     )
-    twistd = Path(sys.executable).parent / "twistd"
-    log = directory / f"{name}.log"
-    process = subprocess.Popen(
-        [str(twistd), "-n", "--pidfile=", "--logfile", str(log), "meshproxy", "--config", str(conf)]
-    )
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"{name} exited with {process.returncode}: see {log}")
-        try:
-            if urllib.request.urlopen(f"http://127.0.0.1:{admin}/ready", timeout=1).status == 200:
-                return process
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"{name} did not become ready: see {log}")
 
 
 def fds(pid: int) -> int:
