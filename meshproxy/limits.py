@@ -78,7 +78,6 @@ class ConnectionLimit:
     @ivar maximum: the cap.
     @ivar open: accepted connections open now.
     @ivar _ports: the listening ports to pause, added as they are bound.
-    @ivar _paused: whether accepting is stopped.
     """
 
     _log = Logger()
@@ -91,14 +90,16 @@ class ConnectionLimit:
         self.open = 0
         self._exceeded = exceeded
         self._ports: list = []
-        self._paused = False
 
     def listening(self, port) -> None:
         """
         Pause C{port} with the others while the cap is reached.
         """
         self._ports.append(port)
-        if self._paused:
+        # A port accepts a batch per read, so C{open} may pass the cap by a
+        # few: accepting stops when it reaches the cap and resumes when it
+        # falls below.
+        if self.open >= self.maximum:
             port.stopReading()
 
     def stopped(self, port) -> None:
@@ -110,8 +111,7 @@ class ConnectionLimit:
 
     def opened(self) -> None:
         self.open += 1
-        if self.open >= self.maximum and not self._paused:
-            self._paused = True
+        if self.open == self.maximum:
             self._exceeded()
             self._log.warn(
                 "{open} connections open, the most allowed ([proxy] max_connections): accepting no more until one closes",
@@ -122,8 +122,7 @@ class ConnectionLimit:
 
     def closed(self) -> None:
         self.open -= 1
-        if self._paused and self.open < self.maximum:
-            self._paused = False
+        if self.open == self.maximum - 1:
             self._log.info("{open} connections open: accepting again", open=self.open)
             for port in self._ports:
                 port.startReading()
@@ -173,7 +172,7 @@ class Limits:
             L{requestEnded} must not be called for it.
         """
         if self.maxRequests and self.requests >= self.maxRequests:
-            self.exceeded[REQUESTS] += 1
+            self.refused(REQUESTS)
             return False
         self.requests += 1
         return True
