@@ -83,6 +83,14 @@ class _Running:
         self.balancer.update(endpoints)
 
 
+def _authoritiesOf(service: Service) -> tuple[str, ...]:
+    """
+    The authorities C{service} answers for: those configured, or else its
+    name.  The first names its route and its HTTP metrics.
+    """
+    return service.authorities or (service.name,)
+
+
 def _restartNeeded(old: Config, new: Config) -> list[str]:
     """
     The tables of C{new} that differ from C{old} and that a reload cannot
@@ -267,7 +275,7 @@ class ProxyService(MultiService):
         name, reactor = service.name, self._reactor
         balancer = BALANCERS[service.balancer](service.endpoints, reactor, Random())
         waiter = Waiter(balancer, reactor)
-        authority = (service.authorities or (name,))[0]
+        authority = _authoritiesOf(service)[0]
         running = _Running(
             service,
             balancer,
@@ -326,9 +334,9 @@ class ProxyService(MultiService):
         """
         return (
             (authority, running.route)
-            for name, running in self._services.items()
+            for running in self._services.values()
             if not running.service.opaque
-            for authority in running.service.authorities or (name,)
+            for authority in _authoritiesOf(running.service)
         )
 
     # Reload.
@@ -417,7 +425,7 @@ class ProxyService(MultiService):
             running.discovery.resolveWith(resolver)
             changes.append(f"endpoints ({resolver.source})")
         if service.authorities != old.authorities:
-            authority = (service.authorities or (service.name,))[0]
+            authority = _authoritiesOf(service)[0]
             running.route.authority = authority
             running.route.metrics = self.metrics.http("outbound", authority, "no_identity")
             changes.append("authorities")
