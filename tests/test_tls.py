@@ -148,6 +148,19 @@ class Harness:
         )
 
 
+def connected(testCase, wrapped=Peer):
+    """
+    Connect a fresh L{Harness}'s client, carrying a C{wrapped}, to its
+    server and run the handshake.
+
+    @return: the client's carried protocol, the server's and the pump.
+    """
+    mesh = Harness(testCase)
+    client, verified, server, pump = mesh.connect(client=mesh.clientProtocol(wrapped=wrapped))
+    pump.flush()
+    return testCase.successResultOf(verified), mesh.servers[0], pump
+
+
 class HandshakeTests(SynchronousTestCase):
     """
     Who is accepted, who is refused, and what each side learns.
@@ -363,19 +376,13 @@ class HalfCloseTests(SynchronousTestCase):
     the other flows.
     """
 
-    def connected(self, wrapped=Peer):
-        self.mesh = Harness(self)
-        client, verified, server, pump = self.mesh.connect(client=self.mesh.clientProtocol(wrapped=wrapped))
-        pump.flush()
-        return self.successResultOf(verified), self.mesh.servers[0], pump
-
     def test_halfClose(self):
         """
         The client's end of output reaches the server after its bytes, as
         C{readConnectionLost}; the server still answers; when the server
         ends too, both connections close cleanly.
         """
-        client, server, pump = self.connected()
+        client, server, pump = connected(self)
         client.transport.write(b"request")
         client.transport.loseWriteConnection()
         client.transport.write(b"dropped")
@@ -399,7 +406,7 @@ class HalfCloseTests(SynchronousTestCase):
         """
         Either side may end first.
         """
-        client, server, pump = self.connected()
+        client, server, pump = connected(self)
         server.transport.loseWriteConnection()
         pump.flush()
         self.assertTrue(client.ended)
@@ -414,7 +421,7 @@ class HalfCloseTests(SynchronousTestCase):
         A protocol that cannot half-close loses the whole connection at the
         peer's C{close_notify}, as with Twisted's TLS.
         """
-        client, server, pump = self.connected(wrapped=WholePeer)
+        client, server, pump = connected(self, WholePeer)
         server.transport.loseWriteConnection()
         pump.flush()
         client.lost.trap(ConnectionDone)
@@ -424,7 +431,7 @@ class HalfCloseTests(SynchronousTestCase):
         A TCP end of input without C{close_notify} is a truncation: the
         connection is lost with an error.
         """
-        client, server, pump = self.connected()
+        client, server, pump = connected(self)
         server.transport.readConnectionLost()
         pump.flush()
         server.lost.trap(ConnectionLost)
@@ -435,7 +442,7 @@ class HalfCloseTests(SynchronousTestCase):
         A TCP end of input after the peer's C{close_notify} changes nothing:
         the other direction stays open.
         """
-        client, server, pump = self.connected()
+        client, server, pump = connected(self)
         client.transport.loseWriteConnection()
         pump.flush()
         server.transport.readConnectionLost()
@@ -449,7 +456,7 @@ class HalfCloseTests(SynchronousTestCase):
         C{loseConnection} closes the TCP connection once what was written
         and our C{close_notify} are out, without waiting for the peer's.
         """
-        client, server, pump = self.connected()
+        client, server, pump = connected(self)
         server.transport.write(b"last")
         server.transport.loseConnection()
         self.assertTrue(server.transport.transport.disconnecting)
@@ -486,18 +493,12 @@ class CoalescingTests(SynchronousTestCase):
     records of one read goes up in one piece.
     """
 
-    def connected(self):
-        self.mesh = Harness(self)
-        client, verified, server, pump = self.mesh.connect(client=self.mesh.clientProtocol(wrapped=Events))
-        pump.flush()
-        return self.successResultOf(verified), self.mesh.servers[0], pump
-
     def test_oneSendPerWrite(self):
         """
         A write of several records' worth is one write to the TCP
         transport, and arrives whole.
         """
-        client, server, pump = self.connected()
+        client, server, pump = connected(self, Events)
         tcp = server.transport.transport
         payload = bytes(range(256)) * 256
         server.transport.write(payload)
@@ -509,7 +510,7 @@ class CoalescingTests(SynchronousTestCase):
         """
         Records that arrive in one read are delivered in one call.
         """
-        client, server, pump = self.connected()
+        client, server, pump = connected(self, Events)
         for word in (b"one ", b"two ", b"three"):
             server.transport.write(word)
         pump.flush()
@@ -520,7 +521,7 @@ class CoalescingTests(SynchronousTestCase):
         Bytes that arrive in the same read as the peer's C{close_notify}
         are delivered before the end of input.
         """
-        client, server, pump = self.connected()
+        client, server, pump = connected(self, Events)
         server.transport.write(b"last words")
         server.transport.loseWriteConnection()
         pump.flush()
