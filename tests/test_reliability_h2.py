@@ -43,7 +43,7 @@ from meshproxy.http.h2 import MAX_CONCURRENT_STREAMS, MAX_HEADER_LIST_SIZE, STRE
 from meshproxy.http.h2server import H2ServerProtocol
 from meshproxy.limits import HEADER_BYTES, Limits
 
-from .realprocess import Proxy, freePort, run, serve, tool
+from .realprocess import Proxy, freePort, run, serve, tool, upstreamConfig
 from .test_http_h2server import GET, POST, Harness, Peer, frames
 
 #: How much a socket transport buffers before it asks its producer to
@@ -737,17 +737,7 @@ class FloodIntegrationTests(TestCase):
         app = freePort()
         await serve(self, [tool("nghttpd", "nghttp2-server"), "--no-tls", "-d", docroot.path, str(app)], app)
         listen = freePort()
-        proxy = await Proxy(
-            self,
-            f"""
-[[upstreams]]
-listen = "tcp:{listen}:interface=127.0.0.1"
-service = "web"
-
-[services.web]
-endpoints = [{{ address = "127.0.0.1:{app}" }}]
-""",
-        ).start()
+        proxy = await Proxy(self, upstreamConfig(listen, app)).start()
         url = f"http://127.0.0.1:{listen}/small"
         nghttp = tool("nghttp", "nghttp2-client")
         code, output = await run([nghttp, url])
